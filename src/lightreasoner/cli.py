@@ -1,0 +1,145 @@
+"""The ``lightreasoner`` command: one thin function per subcommand.
+
+Every option comes from a stage's config dataclass (``config.py``); flags are generated
+from its fields, so ``--help``, YAML keys and the docs always agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from . import __version__
+from .config import MergeConfig, SampleConfig, TrainConfig, build, read_yaml, section
+from .errors import LightReasonerError
+
+STAGES = ("sample", "train", "merge", "eval", "run")
+log = logging.getLogger("lightreasoner")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field (``--no-x`` for booleans); defaults shown, not applied."""
+    parser.add_argument("--config", help="YAML file with options (flags override it)")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("-", "_").replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f.metadata.get("help", "")
+        help_ += " (required)" if f.metadata.get("required") else f" (default: {default})"
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
+
+
+def load_config(cls: type, args: argparse.Namespace, stage: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    file_values = section(read_yaml(args.config), stage, STAGES) if args.config else None
+    return build(cls, file_values, flags, source=args.config or "config")
+
+
+def cmd_check_pair(args: argparse.Namespace) -> int:
+    from .models import compare_tokenizers, load_tokenizer
+
+    report = compare_tokenizers(
+        load_tokenizer(args.expert, args.trust_remote_code), load_tokenizer(args.amateur, args.trust_remote_code)
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling import sample
+
+    cfg = load_config(SampleConfig, args, "sample")
+    summary = sample(cfg, show_progress=not args.quiet)
+    _print_summary(
+        summary,
+        (
+            "problems",
+            "trajectory_tokens",
+            "selected_steps",
+            "selected_per_problem",
+            "kl_quantiles",
+            "generation_seconds",
+            "scoring_seconds",
+        ),
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    cfg = load_config(TrainConfig, args, "train")
+    summary = train(cfg, show_progress=not args.quiet)
+    _print_summary(summary, ("records", "tuned_tokens", "optimizer_steps", "train_loss", "seconds"))
+    print(f"adapter saved in {cfg.output_dir}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge
+
+    out = merge(load_config(MergeConfig, args, "merge"))
+    print(f"merged model saved in {out}")
+    return 0
+
+
+def _print_summary(summary: dict, keys: tuple[str, ...]) -> None:
+    for k in keys:
+        v = summary.get(k)
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b:.4g}" for a, b in v.items())
+        elif isinstance(v, float):
+            v = f"{v:.4g}"
+        print(f"{k}: {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightreasoner", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help_: str, cls: type | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if cls is not None:
+            add_config_flags(p, cls)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("check-pair", cmd_check_pair, "compare the expert's and amateur's tokenizers")
+    p.add_argument("--expert", required=True)
+    p.add_argument("--amateur", required=True)
+    p.add_argument("--trust-remote-code", action="store_true")
+    add("sample", cmd_sample, "stage 1: expert trajectories -> contrastive soft-label records", SampleConfig)
+    add("train", cmd_train, "stage 2: LoRA fine-tuning of the expert on soft labels", TrainConfig)
+    add("merge", cmd_merge, "merge a LoRA adapter into its base model", MergeConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except LightReasonerError as e:
+        print(f"lightreasoner {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def dump(obj: dict) -> str:
+    return json.dumps(obj, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""One dataclass per stage, with documented defaults, and YAML loading/merging.
+
+Precedence: dataclass default < YAML file (``--config``) < command-line flag.
+A YAML file may hold one stage's keys at the top level, or sections named after
+stages (``sample:``, ``train:``, ...) as a ``run`` config does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import LightReasonerError
+from .prompts import EVAL_SYSTEM_PROMPT, SAMPLING_SYSTEM_PROMPT
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, **kw) -> Any:
+    """A dataclass field with its help text (shown by ``--help`` and in the docs)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelOptions:
+    dtype: str = opt("auto", "auto|float32|bfloat16|float16 (auto: bf16 on GPUs that have it, else fp32)")
+    device: str = opt("auto", "auto|cpu|cuda|cuda:N")
+    allow_pickle: bool = opt(False, "allow loading pickle .bin weights (can run code)")
+    trust_remote_code: bool = opt(False, "run model code shipped with the checkpoint")
+
+
+@dataclass
+class SampleConfig(ModelOptions):
+    expert: str = opt(None, "expert model: directory, .gguf file or hub id", required=True)
+    amateur: str = opt(None, "amateur model (same tokenizer family)", required=True)
+    data: str = opt(None, "problems: JSONL file, reasoning-gym:<task>, or hub dataset name[:config]", required=True)
+    out: str = opt(None, "output JSONL of soft-label records", required=True)
+    question_field: str = opt("question", "field holding the question in each JSONL line")
+    split: str = opt("train", "dataset split (hub datasets)")
+    max_problems: int = opt(None, "use only the first N problems")
+    beta: float = opt(0.4, "keep steps with KL(expert||amateur) >= beta (nats); -inf keeps all")
+    alpha: float = opt(0.2, "plausible tokens: p_E >= alpha * max p_E")
+    max_new_tokens: int = opt(128, "trajectory length (prefix termination)")
+    batch_size: int = opt(8, "problems generated and scored together")
+    skip_first_step: bool = opt(True, "skip the first generated position, as the original release does")
+    contrast: bool = opt(True, "contrastive labels; --no-contrast uses the expert's own renormalised distribution")
+    system_prompt: str = opt(SAMPLING_SYSTEM_PROMPT, "system message of the chat template")
+    reference_scoring: bool = opt(False, "slow validation path: one forward per prefix, as the release does")
+    overwrite: bool = opt(False, "discard an existing output or unfinished run and start again")
+    seed: int = opt(0, "seed for generated problem sources (reasoning-gym)")
+
+
+@dataclass
+class TrainConfig(ModelOptions):
+    model: str = opt(None, "expert model to fine-tune", required=True)
+    samples: str = opt(None, "soft-label records (ours or the release's JSONL)", required=True)
+    output_dir: str = opt(None, "where checkpoints and the final adapter go", required=True)
+    max_steps: int = opt(1000, "optimizer steps (ignored when --epochs is set)")
+    epochs: float = opt(None, "train for this many epochs instead of --max-steps")
+    learning_rate: float = opt(5e-5, "peak learning rate (linear decay)")
+    batch_size: int = opt(8, "records per device per micro-batch")
+    grad_accum: int = opt(2, "gradient accumulation steps")
+    lora_r: int = opt(8, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    target_modules: str = opt("q_proj,v_proj", "comma-separated module names that get LoRA")
+    pack: bool = opt(True, "train all records of a trajectory from one sequence (--no-pack: one per record)")
+    system_prompt: str = opt(SAMPLING_SYSTEM_PROMPT, "system message used to rebuild prompts of release records")
+    save_steps: int = opt(200, "checkpoint every N steps")
+    logging_steps: int = opt(10, "log every N steps")
+    seed: int = opt(42, "training seed (also orders trajectories)")
+    resume: bool = opt(False, "continue from the last checkpoint in --output-dir")
+
+
+@dataclass
+class MergeConfig(ModelOptions):
+    base: str = opt(None, "base model", required=True)
+    adapter: str = opt(None, "PEFT adapter directory", required=True)
+    out: str = opt(None, "output model directory", required=True)
+
+
+@dataclass
+class EvalConfig(ModelOptions):
+    model: str = opt(None, "model to evaluate", required=True)
+    adapter: str = opt(None, "optional PEFT adapter applied on top of --model")
+    benchmarks: str = opt(
+        "gsm8k,math,svamp,asdiv,minerva_math,olympiadbench,mmlu_stem", "comma-separated benchmark names"
+    )
+    data_dir: str = opt(None, "folder with <benchmark>/test.jsonl files (default: hub)")
+    limit: int = opt(None, "first N problems of each benchmark")
+    max_new_tokens: int = opt(1024, "generation budget per problem")
+    batch_size: int = opt(16, "problems generated together (lowered automatically on out-of-memory)")
+    backend: str = opt("auto", "auto|hf|vllm")
+    out: str = opt(None, "output folder", required=True)
+    name: str = opt(None, "row name in tables (default: the model's folder name)")
+    system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message of the chat template")
+    seed: int = opt(0, "seed for generated benchmarks (reasoning-gym)")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LightReasonerError(f"{path}: cannot read config ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise LightReasonerError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LightReasonerError(f"{path}: expected a mapping of option: value")
+    return data
+
+
+def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    ftype = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    try:
+        if "bool" in ftype:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if "int" in ftype:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if "float" in ftype:
+            return -math.inf if str(value).strip().lower() in ("-inf", "-infinity") else float(value)
+        if isinstance(value, list) and "str" in ftype:
+            return ",".join(str(v) for v in value)
+        return str(value) if not isinstance(value, dict) else value
+    except (TypeError, ValueError):
+        raise LightReasonerError(f"{where}: option {name!r} expects {ftype}, got {value!r}") from None
+
+
+def build(cls: type[T], file_values: dict | None, flag_values: dict, source: str = "config") -> T:
+    """Instantiate ``cls`` from file values overridden by flags; checks names, types, required."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for k, v in (file_values or {}).items():
+        key = k.replace("-", "_")
+        if key not in names:
+            raise LightReasonerError(f"{source}: unknown option {k!r} (known: {', '.join(sorted(names))})")
+        merged[key] = _coerce(cls, key, v, source)
+    for k, v in flag_values.items():
+        if v is not None:
+            merged[k] = _coerce(cls, k, v, f"--{k.replace('_', '-')}")
+    cfg = cls(**merged)
+    missing = [f.name for f in dataclasses.fields(cls) if f.metadata.get("required") and getattr(cfg, f.name) is None]
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise LightReasonerError(f"missing required option(s): {flags} (give them as flags or in --config)")
+    return cfg
+
+
+def section(data: dict, stage: str, stages: tuple[str, ...]) -> dict:
+    """The part of a YAML mapping meant for ``stage`` (its section, or the whole flat file)."""
+    if any(s in data for s in stages):
+        sec = data.get(stage) or {}
+        if not isinstance(sec, dict):
+            raise LightReasonerError(f"config section {stage!r} must be a mapping")
+        return sec
+    return data
+
+
+def as_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

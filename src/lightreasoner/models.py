@@ -1,0 +1,204 @@
+"""Loading models and tokenizers safely, choosing dtype/device, and checking a pair.
+
+A model spec is a local directory, a ``.gguf`` file (``dir/model.gguf``) or a hub id.
+Weights load from safetensors (or GGUF); pickle ``.bin`` checkpoints only with
+``allow_pickle``; remote code only with ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import LightReasonerError
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LightReasonerError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on a CUDA GPU that has it, float16 on other GPUs, float32 on CPU."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise LightReasonerError(f"--dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``path`` (dir or hub id) plus an optional GGUF file name."""
+
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def resolve_source(spec: str, allow_pickle: bool = False, what: str = "model") -> ModelSource:
+    """Validate a model spec before anything heavy happens.
+
+    Raises :class:`LightReasonerError` for a path that does not exist, a directory
+    without weights, or pickle-only weights without ``allow_pickle``.
+    """
+    p = Path(spec).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return ModelSource(str(p.parent), p.name)
+    if p.is_dir():
+        if not (p / "config.json").exists() and not list(p.glob("*.gguf")):
+            raise LightReasonerError(f"{what} {spec}: directory has no config.json")
+        has_st = any(p.glob("*.safetensors"))
+        has_bin = any(p.glob("*.bin")) or any(p.glob("*.pt"))
+        ggufs = sorted(p.glob("*.gguf"))
+        if not has_st and ggufs:
+            return ModelSource(str(p), ggufs[0].name)
+        if not has_st and has_bin and not allow_pickle:
+            raise LightReasonerError(
+                f"{what} {spec}: only pickle (.bin) weights found; they can run code when loaded. "
+                "Convert them to safetensors or pass --allow-pickle if you trust the source."
+            )
+        return ModelSource(str(p))
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1 or p.suffix == ".gguf"
+    if looks_local or not _HUB_ID.match(spec):
+        raise LightReasonerError(f"{what} {spec}: no such directory or file")
+    return ModelSource(spec)
+
+
+def load_tokenizer(spec: str | ModelSource, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token (falls back to EOS) and left padding for generation."""
+    if isinstance(spec, ModelSource):
+        src = spec
+    elif Path(spec).is_dir() and (Path(spec) / "tokenizer_config.json").exists():
+        src = ModelSource(str(spec))
+    else:
+        src = resolve_source(spec, allow_pickle=True, what="tokenizer")
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise LightReasonerError(f"tokenizer {src.path}: cannot load ({e})") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(
+    spec: str | ModelSource,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A causal LM in eval mode on ``device``; safetensors unless ``allow_pickle``."""
+    src = spec if isinstance(spec, ModelSource) else resolve_source(spec, allow_pickle)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    elif not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise LightReasonerError(f"model {src.path}: cannot load ({e})") from e
+    return model.to(device).eval()
+
+
+def logit_vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the output embedding, i.e. the last dimension of the logits."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
+@dataclass
+class PairReport:
+    """Result of comparing two tokenizers on the ids they share."""
+
+    expert_size: int
+    amateur_size: int
+    shared: int
+    mismatched_ids: list[tuple[int, str, str]] = field(default_factory=list)
+    special_conflicts: list[str] = field(default_factory=list)
+    role_notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatched_ids and not self.special_conflicts
+
+    def lines(self) -> list[str]:
+        out = [
+            f"expert tokenizer: {self.expert_size} tokens; amateur tokenizer: {self.amateur_size} tokens",
+            f"shared id range: 0..{self.shared - 1} ({self.shared} ids)",
+        ]
+        if self.mismatched_ids:
+            out.append(f"{len(self.mismatched_ids)} shared ids map to different tokens, e.g.:")
+            out += [f"  id {i}: expert {e!r} vs amateur {a!r}" for i, e, a in self.mismatched_ids[:10]]
+        else:
+            out.append("all shared ids map to the same tokens")
+        out += [f"special token conflict: {c}" for c in self.special_conflicts]
+        out += [f"note: {n}" for n in self.role_notes]
+        out.append("OK: the pair can be contrasted" if self.ok else "REFUSED: the pair cannot be contrasted")
+        return out
+
+
+def _special_map(tok: PreTrainedTokenizerBase) -> dict[str, int]:
+    specials = {t: tok.convert_tokens_to_ids(t) for t in tok.all_special_tokens}
+    for i, added in tok.added_tokens_decoder.items():
+        if getattr(added, "special", False):
+            specials[str(added)] = i
+    return specials
+
+
+def compare_tokenizers(expert: PreTrainedTokenizerBase, amateur: PreTrainedTokenizerBase) -> PairReport:
+    """Check that both tokenizers give the same token for every shared id and the
+    same id for every special token."""
+    n_e, n_a = len(expert), len(amateur)
+    shared = min(n_e, n_a)
+    ids = list(range(shared))
+    te, ta = expert.convert_ids_to_tokens(ids), amateur.convert_ids_to_tokens(ids)
+    report = PairReport(n_e, n_a, shared)
+    report.mismatched_ids = [(i, e, a) for i, e, a in zip(ids, te, ta) if e != a]
+    se, sa = _special_map(expert), _special_map(amateur)
+    for tok in sorted(set(se) | set(sa)):
+        ie, ia = se.get(tok), sa.get(tok)
+        if ie is not None and ia is not None and ie != ia:
+            report.special_conflicts.append(f"{tok!r} is id {ie} for the expert but {ia} for the amateur")
+        elif ie is None or ia is None:
+            known, i = ("expert", ie) if ia is None else ("amateur", ia)
+            other = amateur if ia is None else expert
+            if i < shared and other.convert_ids_to_tokens(i) != tok:
+                report.special_conflicts.append(f"{tok!r} (id {i}) is special only for the {known}")
+    for role in ("eos_token", "bos_token", "pad_token"):
+        re_, ra = getattr(expert, role), getattr(amateur, role)
+        if re_ != ra:
+            report.role_notes.append(f"{role} differs: expert {re_!r}, amateur {ra!r} (ids agree, so this is harmless)")
+    return report
+
+
+def check_pair(expert: PreTrainedTokenizerBase, amateur: PreTrainedTokenizerBase) -> PairReport:
+    """:func:`compare_tokenizers`, raising :class:`LightReasonerError` when the pair is unusable."""
+    report = compare_tokenizers(expert, amateur)
+    if not report.ok:
+        raise LightReasonerError("expert and amateur tokenizers disagree:\n" + "\n".join(report.lines()))
+    return report

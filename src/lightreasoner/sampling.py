@@ -1,0 +1,345 @@
+"""Stage 1: expert trajectories, teacher-forced scoring of both models, soft labels.
+
+Fast path: each batch of problems is generated together (left padding), then each
+model scores all trajectories of the batch in ONE teacher-forced forward pass; a
+causal LM's logits at position t depend only on ids ≤ t, so that pass gives the
+distribution at every step. ``reference_scoring`` instead runs one forward per prefix,
+the way the original release scores, and exists to validate the fast path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from . import contrast
+from .config import SampleConfig
+from .data import Problem, load_problems
+from .errors import LightReasonerError
+from .models import (
+    check_pair,
+    load_model,
+    load_tokenizer,
+    logit_vocab_size,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
+from .prompts import encode_prompt
+from .records import ResumableWriter, SoftLabelRecord, atomic_write_text, summary_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trajectory:
+    """An expert trajectory: ``prompt_ids`` (no padding) and greedy ``generated_ids``
+    (up to and including the first EOS, at most ``max_new_tokens``)."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    generated_ids: list[int]
+
+
+@dataclass
+class StepLabel:
+    """A selected step ``step`` (= tokens of the prefix) with its soft label."""
+
+    step: int
+    token_ids: list[int]
+    weights: list[float]
+    kl: float
+
+
+def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def generate_trajectories(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    system_prompt: str,
+    max_new_tokens: int,
+) -> list[Trajectory]:
+    """Greedy decoding (pure argmax of raw logits: no sampling, no penalties) of a batch."""
+    prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
+    width = max(map(len, prompts))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    stops = eos_ids(model, tokenizer)
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+    trajs = []
+    for prob, prompt, row in zip(problems, prompts, out[:, width:].tolist()):
+        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        trajs.append(Trajectory(prob, prompt, row[:cut]))
+    return trajs
+
+
+def truncate_to_vocab(trajs: list[Trajectory], vocab: int) -> int:
+    """Cut each trajectory before its first id ≥ ``vocab`` (an id the amateur cannot embed,
+    e.g. an unused padding row of the expert's output layer). Returns how many were cut."""
+    cut = 0
+    for t in trajs:
+        bad = next((i for i, tok in enumerate(t.generated_ids) if tok >= vocab), None)
+        if bad is not None:
+            t.generated_ids = t.generated_ids[:bad]
+            cut += 1
+    return cut
+
+
+def _batch_tensors(trajs: list[Trajectory], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Layout ``[left-padded prompt | generated, right-padded]``: ids, mask ``[B, P+G]``, P, G."""
+    width = max(len(t.prompt_ids) for t in trajs)
+    gmax = max(len(t.generated_ids) for t in trajs)
+    rows, masks = [], []
+    for t in trajs:
+        lp, lg = width - len(t.prompt_ids), gmax - len(t.generated_ids)
+        rows.append([pad] * lp + t.prompt_ids + t.generated_ids + [pad] * lg)
+        masks.append([0] * lp + [1] * (len(t.prompt_ids) + len(t.generated_ids)) + [0] * lg)
+    return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width, gmax
+
+
+@torch.inference_mode()
+def teacher_forced_logits(model: PreTrainedModel, trajs: list[Trajectory], pad: int) -> list[torch.Tensor]:
+    """One forward over prompt + trajectory per sequence (batched).
+
+    Returns, per trajectory, float32 logits ``[n, vocab]`` where row s is the
+    distribution over ``generated_ids[s]`` given the prompt and ``generated_ids[:s]``.
+    """
+    ids, mask, width, gmax = _batch_tensors(trajs, pad, model.device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=gmax + 1
+    ).logits  # [B, G+1, V]; index j is position width-1+j, predicting generated token j
+    return [logits[i, : len(t.generated_ids)].float() for i, t in enumerate(trajs)]
+
+
+@torch.inference_mode()
+def reference_logits(model: PreTrainedModel, traj: Trajectory, start: int) -> torch.Tensor:
+    """One forward per prefix (no padding, no cache): ``[n, vocab]``, rows < ``start`` are NaN."""
+    rows = []
+    for s in range(len(traj.generated_ids)):
+        if s < start:
+            rows.append(None)
+            continue
+        ids = torch.tensor([traj.prompt_ids + traj.generated_ids[:s]], device=model.device)
+        rows.append(model(input_ids=ids).logits[0, -1].float())
+    vocab = next(r for r in rows if r is not None).shape[-1] if any(r is not None for r in rows) else 1
+    return torch.stack([torch.full((vocab,), math.nan, device=model.device) if r is None else r for r in rows])
+
+
+def label_steps(
+    expert_logits: torch.Tensor,
+    amateur_logits: torch.Tensor,
+    beta: float,
+    alpha: float,
+    start: int = 1,
+    use_contrast: bool = True,
+) -> tuple[list[StepLabel], list[float]]:
+    """Select steps and build soft labels from per-step logits ``[n, V_E]``, ``[n, V_A]``.
+
+    Softmax over each model's full logits, then compare over the shared ids
+    ``[:min(V_E, V_A)]``. Returns the selected steps and the KL of every scored step.
+    """
+    shared = min(expert_logits.shape[-1], amateur_logits.shape[-1])
+    pe = torch.softmax(expert_logits[start:].float(), -1)[:, :shared]
+    pa = torch.softmax(amateur_logits[start:].float(), -1)[:, :shared]
+    if pe.shape[0] == 0:
+        return [], []
+    kl = contrast.kl_divergence(pe, pa)
+    keep = contrast.select_steps(kl, beta)
+    labels = []
+    for row in keep.nonzero().flatten().tolist():
+        mask = contrast.plausible_mask(pe[row], alpha)
+        if use_contrast:
+            w = contrast.contrastive_weights(pe[row], pa[row], mask)
+        else:
+            w = contrast.expert_weights(pe[row], mask)
+        ids = mask.nonzero().flatten()
+        labels.append(StepLabel(row + start, ids.tolist(), w[ids].tolist(), float(kl[row])))
+    return labels, kl.tolist()
+
+
+def to_records(
+    traj: Trajectory, labels: list[StepLabel], tokenizer: PreTrainedTokenizerBase, expert: str, amateur: str
+) -> list[SoftLabelRecord]:
+    """Records in the release's layout plus the exact ids training needs."""
+    gen = traj.generated_ids
+    return [
+        SoftLabelRecord(
+            prompt_id=traj.problem.question,
+            step=lab.step,
+            prefix=tokenizer.decode(gen[: lab.step]),
+            tokens=[tokenizer.decode([t]) for t in lab.token_ids],
+            token_ids=lab.token_ids,
+            weights=lab.weights,
+            kl_divergence=lab.kl,
+            problem_index=traj.problem.index,
+            question=traj.problem.question,
+            prompt_token_ids=traj.prompt_ids,
+            prefix_token_ids=gen[: lab.step],
+            expert=expert,
+            amateur=amateur,
+        )
+        for lab in labels
+    ]
+
+
+def fingerprint(cfg: SampleConfig) -> dict:
+    """What must not change between a run and its resumption."""
+    keys = (
+        "expert",
+        "amateur",
+        "data",
+        "question_field",
+        "split",
+        "beta",
+        "alpha",
+        "max_new_tokens",
+        "skip_first_step",
+        "contrast",
+        "system_prompt",
+        "seed",
+        "dtype",
+    )
+    fp = {k: getattr(cfg, k) for k in keys}
+    fp["beta"] = repr(fp["beta"])
+    return fp
+
+
+def validate(cfg: SampleConfig) -> None:
+    if not (0.0 < cfg.alpha <= 1.0):
+        raise LightReasonerError(f"--alpha {cfg.alpha}: must be in (0, 1]")
+    if math.isnan(cfg.beta):
+        raise LightReasonerError("--beta: must be a number (or -inf to keep every step)")
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise LightReasonerError(f"--{name.replace('_', '-')}: must be at least 1")
+    if cfg.max_problems is not None and cfg.max_problems < 1:
+        raise LightReasonerError("--max-problems: must be at least 1")
+
+
+def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
+    """Run stage 1 end to end; returns the summary (also saved beside ``cfg.out``)."""
+    validate(cfg)
+    problems = load_problems(cfg.data, cfg.question_field, None, cfg.max_problems, cfg.split, cfg.seed)
+    src_e = resolve_source(cfg.expert, cfg.allow_pickle, "expert")
+    src_a = resolve_source(cfg.amateur, cfg.allow_pickle, "amateur")
+    tok = load_tokenizer(src_e, cfg.trust_remote_code)
+    tok_a = load_tokenizer(src_a, cfg.trust_remote_code)
+    check_pair(tok, tok_a)
+
+    writer = ResumableWriter(cfg.out, fingerprint(cfg), overwrite=cfg.overwrite)
+    if writer.complete:
+        log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
+        spath = summary_path(cfg.out)
+        return json.loads(spath.read_text()) if spath.exists() else {}
+    todo = [p for p in problems if p.index not in writer.done]
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
+    amateur = load_model(src_a, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
+    start = 1 if cfg.skip_first_step else 0
+    shared = min(logit_vocab_size(expert), logit_vocab_size(amateur))
+    pad = tok.pad_token_id
+
+    bar = tqdm(
+        total=len(problems),
+        initial=len(problems) - len(todo),
+        desc="sampling",
+        unit="problem",
+        disable=not show_progress,
+    )
+    for b in range(0, len(todo), cfg.batch_size):
+        batch = todo[b : b + cfg.batch_size]
+        t0 = time.perf_counter()
+        trajs = generate_trajectories(expert, tok, batch, cfg.system_prompt, cfg.max_new_tokens)
+        if truncate_to_vocab(trajs, shared):
+            log.warning("a trajectory used ids outside the amateur's vocabulary; cut before them")
+        t1 = time.perf_counter()
+        if cfg.reference_scoring:
+            le = [reference_logits(expert, t, start) for t in trajs]
+            la = [reference_logits(amateur, t, start) for t in trajs]
+        else:
+            le = teacher_forced_logits(expert, trajs, pad)
+            la = teacher_forced_logits(amateur, trajs, pad)
+        per_problem = []
+        for t, e, a in zip(trajs, le, la):
+            labels, kls = label_steps(e, a, cfg.beta, cfg.alpha, start, cfg.contrast)
+            per_problem.append((t, to_records(t, labels, tok, cfg.expert, cfg.amateur), kls))
+        t2 = time.perf_counter()
+        for t, recs, kls in per_problem:
+            stats = {
+                "trajectory_tokens": len(t.generated_ids),
+                "kl": [round(k, 5) for k in kls],
+                "generation_s": (t1 - t0) / len(batch),
+                "scoring_s": (t2 - t1) / len(batch),
+            }
+            writer.commit(t.problem.index, recs, stats)
+        n_rec = sum(e["records"] for e in writer.done.values())
+        bar.set_postfix(records=n_rec)
+        bar.update(len(batch))
+    bar.close()
+
+    summary = summarize(cfg, list(writer.done.values()))
+    if summary["selected_steps"] == 0:
+        writer.discard()
+        raise LightReasonerError(
+            f"no step reached KL >= beta = {cfg.beta} (largest KL seen: {summary['kl_quantiles']['max']:.4f}); "
+            "nothing was written. Lower --beta."
+        )
+    writer.finish()
+    atomic_write_text(summary_path(cfg.out), _json(summary))
+    return summary
+
+
+def summarize(cfg: SampleConfig, done: list[dict]) -> dict:
+    kls = torch.tensor([k for e in done for k in e["kl"]], dtype=torch.float64)
+    qs = {"min": 0.0, "p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
+    quant = {name: (float(torch.quantile(kls, q)) if kls.numel() else float("nan")) for name, q in qs.items()}
+    n = len(done)
+    selected = sum(e["records"] for e in done)
+    return {
+        "problems": n,
+        "trajectory_tokens": sum(e["trajectory_tokens"] for e in done),
+        "scored_steps": int(kls.numel()),
+        "selected_steps": selected,
+        "selected_per_problem": selected / n if n else 0.0,
+        "selected_share": selected / kls.numel() if kls.numel() else 0.0,
+        "kl_quantiles": quant,
+        "kl_histogram": kl_histogram(kls),
+        "generation_seconds": sum(e["generation_s"] for e in done),
+        "scoring_seconds": sum(e["scoring_s"] for e in done),
+        "scoring": "reference" if cfg.reference_scoring else "teacher-forced",
+        "config": {k: (repr(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(cfg).items()},
+    }
+
+
+def kl_histogram(kls: torch.Tensor, bins: int = 60) -> dict:
+    """Counts of per-step KL in ``bins`` equal bins over [0, max] (for the report's plot)."""
+    if kls.numel() == 0:
+        return {"edges": [], "counts": []}
+    top = max(float(kls.max()), 1e-9)
+    counts = torch.histc(kls.clamp(min=0).float(), bins=bins, min=0.0, max=top)
+    edges = torch.linspace(0.0, top, bins + 1)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, indent=2) + "\n"

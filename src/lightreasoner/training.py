@@ -1,0 +1,260 @@
+"""Stage 2: LoRA fine-tuning of the expert on contrastive soft labels.
+
+Loss per record: D_KL(v_C ‖ p_θ) with p_θ = softmax of the logits at the record's last
+position (prompt + prefix), averaged over the records of a batch ("batchmean").
+
+Packing: all records of one trajectory share the prompt and differ only in prefix
+length, so one forward over prompt + longest prefix gives every record's logits. The
+collator packs the records of a micro-batch that come from the same trajectory; the
+dataset is ordered trajectory by trajectory (trajectories shuffled with the seed) so a
+micro-batch of ``batch_size`` records spans one or two sequences instead of eight.
+``pack=False`` runs the same records one sequence each (the release's way).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, TaskType, get_peft_model
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import TrainConfig
+from .contrast import soft_label_kl
+from .errors import LightReasonerError
+from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
+from .prompts import build_prompt
+from .records import SoftLabelRecord, atomic_write_text, read_records
+
+log = logging.getLogger(__name__)
+TRAIN_SUMMARY = "train_summary.json"
+
+
+@dataclass
+class TrainExample:
+    """One record ready for the model: ``input_ids`` = prompt + prefix; the label is for
+    the token after the last id. ``group`` identifies the trajectory."""
+
+    input_ids: list[int]
+    target_ids: list[int]
+    target_weights: list[float]
+    group: int
+
+
+def to_examples(
+    records: list[SoftLabelRecord], tokenizer: PreTrainedTokenizerBase, vocab: int, system_prompt: str
+) -> list[TrainExample]:
+    """Exact records use their stored ids; release records rebuild the prompt from the
+    question and tokenise ``prompt + prefix`` as one string, as the release does."""
+    groups: dict[str, int] = {}
+    out = []
+    for r in records:
+        key = f"{r.problem_index}|{r.question_text}" if r.problem_index is not None else r.question_text
+        group = groups.setdefault(key, len(groups))
+        if r.is_exact:
+            ids = list(r.prompt_token_ids) + list(r.prefix_token_ids)
+        else:
+            text = build_prompt(tokenizer, r.question_text, system_prompt) + r.prefix
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        pairs = [(t, w) for t, w in zip(r.token_ids, r.weights) if t < vocab]
+        if not pairs:
+            continue
+        out.append(TrainExample(ids, [t for t, _ in pairs], [w for _, w in pairs], group))
+    return out
+
+
+def trajectory_order(examples: list[TrainExample], seed: int) -> list[TrainExample]:
+    """Trajectories in a seeded random order; records of one trajectory by prefix length."""
+    by_group: dict[int, list[TrainExample]] = defaultdict(list)
+    for ex in examples:
+        by_group[ex.group].append(ex)
+    keys = list(by_group)
+    random.Random(seed).shuffle(keys)
+    return [ex for k in keys for ex in sorted(by_group[k], key=lambda e: len(e.input_ids))]
+
+
+class SoftLabelDataset(Dataset):
+    def __init__(self, examples: list[TrainExample]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> TrainExample:
+        return self.examples[i]
+
+
+def _is_prefix(short: list[int], long: list[int]) -> bool:
+    return len(short) <= len(long) and long[: len(short)] == short
+
+
+@dataclass
+class SoftLabelCollator:
+    """Builds a micro-batch: sequences ``[S, L]`` and, per record, which sequence and
+    position holds its logits, plus its sparse soft label ``[R, K]`` (zero-padded)."""
+
+    pad_token_id: int
+    pack: bool = True
+
+    def __call__(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
+        seqs: list[list[int]] = []
+        groups: list[int] = []
+        where: list[tuple[int, int]] = []
+        # a record joins an open sequence of its trajectory when its ids are a prefix of
+        # that sequence or extend it (then the sequence grows to the longer ids)
+        for ex in batch:
+            slot = None
+            if self.pack:
+                for s, (seq, g) in enumerate(zip(seqs, groups)):
+                    if g == ex.group and (_is_prefix(ex.input_ids, seq) or _is_prefix(seq, ex.input_ids)):
+                        slot = s
+                        break
+            if slot is None:
+                seqs.append(list(ex.input_ids))
+                groups.append(ex.group)
+                slot = len(seqs) - 1
+            elif len(ex.input_ids) > len(seqs[slot]):
+                seqs[slot] = list(ex.input_ids)
+            where.append((slot, len(ex.input_ids) - 1))
+        width = max(map(len, seqs))
+        k = max(len(ex.target_ids) for ex in batch)
+        return {
+            "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in seqs]),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+            "record_seq": torch.tensor([w[0] for w in where]),
+            "record_pos": torch.tensor([w[1] for w in where]),
+            "target_ids": torch.tensor([ex.target_ids + [0] * (k - len(ex.target_ids)) for ex in batch]),
+            "target_weights": torch.tensor(
+                [ex.target_weights + [0.0] * (k - len(ex.target_weights)) for ex in batch], dtype=torch.float32
+            ),
+        }
+
+
+def soft_label_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over records of D_KL(v_C ‖ softmax(logits at the record's position))."""
+    positions = torch.unique(inputs["record_pos"])  # sorted; only these positions need logits
+    logits = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=positions
+    ).logits  # [S, U, V]
+    col = torch.searchsorted(positions, inputs["record_pos"])
+    log_p = F.log_softmax(logits[inputs["record_seq"], col].float(), dim=-1)  # [R, V]
+    log_q = log_p.gather(-1, inputs["target_ids"])  # [R, K]
+    return soft_label_kl(inputs["target_weights"], log_q).mean()
+
+
+class SoftLabelTrainer(Trainer):
+    """The transformers Trainer with the soft-label KL loss; nothing else changes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = False  # the loss is a per-micro-batch mean: let Trainer divide by GA
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = soft_label_loss(model, inputs)
+        return (loss, None) if return_outputs else loss
+
+
+def lora_model(model, cfg: TrainConfig):
+    targets = [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type=TaskType.CAUSAL_LM,
+    )
+    try:
+        return get_peft_model(model, lcfg)
+    except ValueError as e:
+        raise LightReasonerError(f"--target-modules {cfg.target_modules}: {e}") from e
+
+
+def validate(cfg: TrainConfig) -> None:
+    for name in ("batch_size", "grad_accum", "lora_r", "save_steps", "logging_steps"):
+        if getattr(cfg, name) < 1:
+            raise LightReasonerError(f"--{name.replace('_', '-')}: must be at least 1")
+    if cfg.epochs is None and cfg.max_steps < 1:
+        raise LightReasonerError("--max-steps: must be at least 1 (or set --epochs)")
+    if cfg.epochs is not None and cfg.epochs <= 0:
+        raise LightReasonerError("--epochs: must be positive")
+    if not (0 <= cfg.lora_dropout < 1):
+        raise LightReasonerError("--lora-dropout: must be in [0, 1)")
+
+
+def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
+    """Run stage 2; saves a PEFT adapter + tokenizer in ``output_dir`` and returns the summary."""
+    validate(cfg)
+    records = read_records(cfg.samples)
+    src = resolve_source(cfg.model, cfg.allow_pickle, "model")
+    tok = load_tokenizer(src, cfg.trust_remote_code)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = load_model(src, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
+    examples = to_examples(records, tok, logit_vocab_size(model), cfg.system_prompt)
+    if not examples:
+        raise LightReasonerError(f"{cfg.samples}: no record has a target id inside the model's vocabulary")
+    dataset = SoftLabelDataset(trajectory_order(examples, cfg.seed))
+    model = lora_model(model, cfg)
+    model.train()
+
+    out = Path(cfg.output_dir)
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        max_steps=-1 if cfg.epochs is not None else cfg.max_steps,
+        num_train_epochs=cfg.epochs or 1.0,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        train_sampling_strategy="sequential",
+        dataloader_pin_memory=device.type == "cuda",
+        disable_tqdm=not show_progress,
+    )
+    trainer = SoftLabelTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=SoftLabelCollator(tok.pad_token_id, cfg.pack),
+        processing_class=tok,
+    )
+    resume = get_last_checkpoint(str(out)) if cfg.resume and out.is_dir() else None
+    if cfg.resume and resume is None:
+        log.info("no checkpoint in %s; starting from the beginning", out)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    steps = trainer.state.global_step
+    summary = {
+        "records": len(dataset),
+        "trajectories": len({e.group for e in examples}),
+        "tuned_tokens": len(dataset),
+        "record_updates": steps * cfg.batch_size * cfg.grad_accum,
+        "optimizer_steps": steps,
+        "train_loss": result.training_loss,
+        "seconds": seconds,
+        "seconds_per_record": seconds / max(1, steps * cfg.batch_size * cfg.grad_accum),
+        "packed": cfg.pack,
+        "config": asdict(cfg),
+    }
+    atomic_write_text(out / TRAIN_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
