@@ -34,7 +34,9 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 400, chat: bool = True) -> P
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     if chat:
@@ -47,9 +49,18 @@ def make_model(out_dir: Path, vocab: int, arch: str = "qwen2", seed: int = 0, la
     """Save a random causal LM whose logits are peaked enough to give KL > 0.4 between seeds."""
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        initializer_range=0.08, tie_word_embeddings=False, eos_token_id=0, pad_token_id=0, bos_token_id=None,
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.08,
+        tie_word_embeddings=False,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=None,
     )
     if arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))

@@ -65,5 +65,7 @@ def soft_label_kl(target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     ``target`` ``[..., k]`` (probabilities, zero-padded), ``log_q`` ``[..., k]`` the
     model's log-probabilities at the same ids → ``[...]``.
     """
-    safe = torch.where(target > 0, target, torch.ones_like(target))
-    return (target * (safe.log() - log_q)).sum(-1)
+    pos = target > 0
+    safe = torch.where(pos, target, torch.ones_like(target))
+    terms = torch.where(pos, target * (safe.log() - log_q), torch.zeros_like(target))
+    return terms.sum(-1)

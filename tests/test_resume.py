@@ -1,0 +1,80 @@
+"""Kill a real `lightreasoner sample` process with SIGKILL and resume it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def run_cli(args, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightreasoner", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw
+    )
+
+
+def records(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("min_done", [1, 4])
+def test_sigkill_then_resume_matches_uninterrupted_run(pair, tmp_path, min_done):
+    expert, amateur = pair
+    data = tmp_path / "p.jsonl"
+    from conftest import gsm8k_questions
+
+    data.write_text("".join(json.dumps({"question": q}) + "\n" for q in gsm8k_questions(10)))
+    common = [
+        "sample",
+        "-q",
+        "--expert",
+        str(expert),
+        "--amateur",
+        str(amateur),
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "48",
+        "--batch-size",
+        "1",
+    ]
+    full = tmp_path / "full.jsonl"
+    assert run_cli([*common, "--out", str(full)]).wait() == 0
+
+    out = tmp_path / "out.jsonl"
+    progress = tmp_path / "out.jsonl.progress"
+    proc = run_cli([*common, "--out", str(out)])
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and progress.read_text().count("\n") > min_done:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing published yet
+    done_before = progress.read_text().count("\n") - 1
+    assert 0 < done_before < 10
+
+    resumed = run_cli([*common, "--out", str(out)])
+    log = resumed.communicate()[0].decode()
+    assert resumed.returncode == 0, log
+    a, b = records(full), records(out)
+    assert [(r["problem_index"], r["step"], r["token_ids"]) for r in a] == [
+        (r["problem_index"], r["step"], r["token_ids"]) for r in b
+    ]
+    for x, y in zip(a, b):
+        assert x["weights"] == pytest.approx(y["weights"], abs=1e-4)
+    assert out.read_text().endswith("\n")
+    assert not progress.exists()
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["problems"] == 10 and summary["selected_steps"] == len(b)
+
+    before = out.stat().st_mtime_ns
+    again = run_cli([*common, "--out", str(out)])
+    log = again.communicate()[0].decode()
+    assert again.returncode == 0 and "already complete" in log
+    assert out.stat().st_mtime_ns == before

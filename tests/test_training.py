@@ -1,0 +1,142 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightreasoner.config import SampleConfig, TrainConfig
+from lightreasoner.models import load_model, load_tokenizer
+from lightreasoner.records import read_records
+from lightreasoner.sampling import sample
+from lightreasoner.training import (
+    SoftLabelCollator,
+    lora_model,
+    soft_label_loss,
+    to_examples,
+    train,
+    trajectory_order,
+)
+
+
+@pytest.fixture(scope="module")
+def samples(pair, problems_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples") / "s.jsonl"
+    e, a = pair
+    sample(
+        SampleConfig(
+            expert=str(e), amateur=str(a), data=str(problems_file), out=str(out), max_new_tokens=24, max_problems=4
+        ),
+        show_progress=False,
+    )
+    return out
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_packed_and_unpacked_give_the_same_loss_and_lora_gradients(pair, samples):
+    expert, _ = pair
+    tok = load_tokenizer(str(expert))
+    model = load_model(str(expert))
+    cfg = TrainConfig(model=str(expert), samples=str(samples), output_dir="unused", lora_dropout=0.0)
+    model = lora_model(model, cfg)
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():  # LoRA B starts at zero; make gradients reach A too
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+    model.train()
+    examples = trajectory_order(to_examples(read_records(samples), tok, 420, cfg.system_prompt), seed=0)
+    batch = examples[:10]
+    results = {}
+    for pack in (True, False):
+        model.zero_grad()
+        inputs = SoftLabelCollator(tok.pad_token_id, pack)(batch)
+        loss = soft_label_loss(model, inputs)
+        loss.backward()
+        results[pack] = (loss.item(), _grads(model), inputs["input_ids"].shape[0])
+    (lp, gp, sp), (lu, gu, su) = results[True], results[False]
+    assert sp < su == len(batch)  # packing really merged sequences
+    assert lp == pytest.approx(lu, rel=1e-4)
+    assert gp.keys() == gu.keys() and len(gp) > 0
+    for name in gp:
+        torch.testing.assert_close(gp[name], gu[name], rtol=1e-4, atol=1e-7)
+
+
+def test_loss_is_kl_of_soft_label_to_last_position_distribution(pair, samples):
+    expert, _ = pair
+    tok = load_tokenizer(str(expert))
+    model = load_model(str(expert))
+    ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")[:3]
+    loss = soft_label_loss(model, SoftLabelCollator(tok.pad_token_id, True)(ex))
+    manual = []
+    for e in ex:
+        with torch.no_grad():
+            logp = F.log_softmax(model(input_ids=torch.tensor([e.input_ids])).logits[0, -1], -1)
+        manual.append(sum(w * (math.log(w) - logp[t].item()) for t, w in zip(e.target_ids, e.target_weights) if w > 0))
+    assert loss.item() == pytest.approx(sum(manual) / len(manual), rel=1e-5)
+
+
+def test_release_format_rebuilds_prompt_and_trains(pair, samples, tmp_path):
+    expert, _ = pair
+    release = tmp_path / "release.jsonl"
+    keys = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights", "kl_divergence")
+    with release.open("w") as f:
+        for line in samples.read_text().splitlines():
+            r = json.loads(line)
+            f.write(json.dumps({k: r[k] for k in keys}) + "\n")
+    tok = load_tokenizer(str(expert))
+    ours = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
+    theirs = to_examples(read_records(release), tok, 420, "Please reason step by step.")
+    assert len(ours) == len(theirs)
+    assert [e.target_ids for e in ours] == [e.target_ids for e in theirs]
+    prompt_len = len(read_records(samples)[0].prompt_token_ids)
+    assert theirs[0].input_ids[:prompt_len] == ours[0].input_ids[:prompt_len]  # same rebuilt prompt
+    for path in (samples, release):
+        out = tmp_path / path.stem
+        summary = train(
+            TrainConfig(
+                model=str(expert),
+                samples=str(path),
+                output_dir=str(out),
+                max_steps=2,
+                batch_size=4,
+                grad_accum=1,
+                save_steps=100,
+            ),
+            show_progress=False,
+        )
+        assert summary["optimizer_steps"] == 2 and summary["tuned_tokens"] == len(ours)
+        assert math.isfinite(summary["train_loss"]) and summary["train_loss"] > 0
+        assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+        assert (out / "tokenizer_config.json").exists() and (out / "train_summary.json").exists()
+
+
+def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path):
+    expert, _ = pair
+    out = tmp_path / "run"
+    cfg = dict(
+        model=str(expert),
+        samples=str(samples),
+        output_dir=str(out),
+        batch_size=8,
+        grad_accum=1,
+        learning_rate=5e-3,
+        lora_dropout=0.0,
+        save_steps=3,
+    )
+    first = train(TrainConfig(**cfg, max_steps=3), show_progress=False)
+    assert (out / "checkpoint-3").is_dir()
+    resumed = train(TrainConfig(**cfg, max_steps=12, resume=True), show_progress=False)
+    assert resumed["optimizer_steps"] == 12
+    tok = load_tokenizer(str(expert))
+    ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
+    from lightreasoner.merge import load_with_adapter
+
+    base = load_model(str(expert))
+    before = soft_label_loss(base, SoftLabelCollator(tok.pad_token_id)(ex)).item()
+    tuned = load_with_adapter(load_model(str(expert)), out)
+    after = soft_label_loss(tuned, SoftLabelCollator(tok.pad_token_id)(ex)).item()
+    assert after < before
+    assert first["optimizer_steps"] == 3
