@@ -45,13 +45,15 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 400, chat: bool = True) -> P
     return fast
 
 
-def make_model(out_dir: Path, vocab: int, arch: str = "qwen2", seed: int = 0, layers: int = 2) -> None:
+def make_model(
+    out_dir: Path, vocab: int, arch: str = "qwen2", seed: int = 0, layers: int = 2, hidden: int = 64
+) -> None:
     """Save a random causal LM whose logits are peaked enough to give KL > 0.4 between seeds."""
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -162,16 +162,19 @@ def label_steps(
     if pe.shape[0] == 0:
         return [], []
     kl = contrast.kl_divergence(pe, pa)
-    keep = contrast.select_steps(kl, beta)
+    rows = contrast.select_steps(kl, beta).nonzero().flatten()
+    if rows.numel() == 0:
+        return [], kl.tolist()
+    pe_k, pa_k = pe[rows], pa[rows]  # [k, shared]
+    mask = contrast.plausible_mask(pe_k, alpha)
+    if use_contrast:
+        w = contrast.contrastive_weights(pe_k, pa_k, mask)
+    else:
+        w = contrast.expert_weights(pe_k, mask)
     labels = []
-    for row in keep.nonzero().flatten().tolist():
-        mask = contrast.plausible_mask(pe[row], alpha)
-        if use_contrast:
-            w = contrast.contrastive_weights(pe[row], pa[row], mask)
-        else:
-            w = contrast.expert_weights(pe[row], mask)
-        ids = mask.nonzero().flatten()
-        labels.append(StepLabel(row + start, ids.tolist(), w[ids].tolist(), float(kl[row])))
+    for i, row in enumerate(rows.tolist()):
+        ids = mask[i].nonzero().flatten()
+        labels.append(StepLabel(row + start, ids.tolist(), w[i, ids].tolist(), float(kl[row])))
     return labels, kl.tolist()
 
 
@@ -185,7 +188,7 @@ def to_records(
             prompt_id=traj.problem.question,
             step=lab.step,
             prefix=tokenizer.decode(gen[: lab.step]),
-            tokens=[tokenizer.decode([t]) for t in lab.token_ids],
+            tokens=tokenizer.batch_decode([[t] for t in lab.token_ids]),
             token_ids=lab.token_ids,
             weights=lab.weights,
             kl_divergence=lab.kl,

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from .prompts import build_prompt
 from .records import SoftLabelRecord, atomic_write_text, read_records
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 TRAIN_SUMMARY = "train_summary.json"
 
 
