@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
-from .config import MergeConfig, SampleConfig, TrainConfig, build, read_yaml, section
+from .config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, build, read_yaml, section
 from .errors import LightReasonerError
 
 STAGES = ("sample", "train", "merge", "eval", "run")
@@ -90,6 +90,32 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.runner import evaluate, markdown_table
+
+    cfg = load_config(EvalConfig, args, "eval")
+    summary = evaluate(cfg, show_progress=not args.quiet)
+    print(markdown_table([summary]))
+    print(f"per-problem results, summary.json and results.md in {cfg.out}")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from .evaluation.runner import grade_file
+
+    res = grade_file(args.file, args.benchmark, args.out)
+    print(f"{args.benchmark}: {res['correct']}/{res['n']} correct ({res['accuracy']:.1f}%)")
+    print(f"graded lines written to {args.out or args.file}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.runner import load_summary, markdown_table
+
+    print(markdown_table([load_summary(r) for r in args.runs], deltas=True))
+    return 0
+
+
 def _print_summary(summary: dict, keys: tuple[str, ...]) -> None:
     for k in keys:
         v = summary.get(k)
@@ -120,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("sample", cmd_sample, "stage 1: expert trajectories -> contrastive soft-label records", SampleConfig)
     add("train", cmd_train, "stage 2: LoRA fine-tuning of the expert on soft labels", TrainConfig)
     add("merge", cmd_merge, "merge a LoRA adapter into its base model", MergeConfig)
+    add("eval", cmd_eval, "zero-shot pass@1 on math benchmarks, graded like the Qwen2.5-Math toolkit", EvalConfig)
+    p = add("grade", cmd_grade, "re-grade saved completions (lines with completion and gold)")
+    p.add_argument("file", help="JSONL file, e.g. an earlier eval's <benchmark>.jsonl")
+    p.add_argument("--benchmark", required=True, help="benchmark whose answer rules apply")
+    p.add_argument("--out", help="write here instead of rewriting FILE")
+    p = add("compare", cmd_compare, "side-by-side table of evaluation runs, with deltas against the first")
+    p.add_argument("runs", nargs="+", help="eval output folders (or their summary.json)")
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Zero-shot evaluation on math benchmarks, graded like the Qwen2.5-Math toolkit."""

@@ -1,0 +1,208 @@
+"""The evaluation loop: prompts, generation, grading, resumable outputs, tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..config import EvalConfig
+from ..data import iter_jsonl
+from ..errors import LightReasonerError
+from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
+from ..prompts import build_prompt
+from ..records import atomic_write_text
+from .benchmarks import get_benchmark, grade_completion, load_items
+from .generation import HFGenerator, VLLMGenerator, vllm_available
+
+log = logging.getLogger(__name__)
+DISPLAY = {
+    "gsm8k": "GSM8K",
+    "gsm8k_qwen25math": "GSM8K",
+    "math": "MATH",
+    "math500": "MATH-500",
+    "svamp": "SVAMP",
+    "asdiv": "ASDiv",
+    "minerva_math": "Minerva Math",
+    "olympiadbench": "Olympiad Bench",
+    "mmlu_stem": "MMLU STEM",
+}
+
+
+def benchmark_names(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise LightReasonerError("--benchmarks: give at least one benchmark")
+    for n in names:
+        get_benchmark(n)
+    return names
+
+
+def read_done(path: Path) -> list[dict]:
+    """Complete lines of a per-problem file; a torn last line is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(keep))
+    return [json.loads(x) for x in keep.decode().splitlines() if x.strip()]
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def make_generator(cfg: EvalConfig):
+    """The model (+ adapter) behind a generation backend, loaded once."""
+    backend = cfg.backend
+    if backend not in ("auto", "hf", "vllm"):
+        raise LightReasonerError(f"--backend {backend!r}: choose auto, hf or vllm")
+    src = resolve_source(cfg.model, cfg.allow_pickle, "model")
+    tok = load_tokenizer(src, cfg.trust_remote_code)
+    if backend == "vllm" or (backend == "auto" and vllm_available()):
+        if not vllm_available():
+            raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible")
+        dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
+        return tok, VLLMGenerator(src.path, tok, cfg.max_new_tokens, dtype, cfg.adapter, cfg.trust_remote_code)
+    device = resolve_device(cfg.device)
+    model = load_model(src, resolve_dtype(cfg.dtype, device), device, cfg.allow_pickle, cfg.trust_remote_code)
+    if cfg.adapter:
+        from ..merge import load_with_adapter
+
+        model = load_with_adapter(model, cfg.adapter)
+    return tok, HFGenerator(model, tok, cfg.max_new_tokens, cfg.batch_size)
+
+
+def run_name(cfg: EvalConfig) -> str:
+    if cfg.name:
+        return cfg.name
+    name = Path(cfg.model.rstrip("/")).name
+    return f"{name} + {Path(cfg.adapter.rstrip('/')).name}" if cfg.adapter else name
+
+
+def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
+    """Evaluate ``cfg.model`` on each benchmark; writes per-problem files, summary and table."""
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
+        raise LightReasonerError("--max-new-tokens and --batch-size must be at least 1")
+    names = benchmark_names(cfg.benchmarks)
+    items = {n: load_items(n, cfg.data_dir, cfg.limit) for n in names}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {n: read_done(out / f"{n}.jsonl") for n in names}
+    todo = {n: [it for it in items[n] if it.id not in {r["id"] for r in done[n]}] for n in names}
+    total, remaining = sum(map(len, items.values())), sum(map(len, todo.values()))
+
+    t0 = time.perf_counter()
+    tok = gen = None
+    if remaining:
+        tok, gen = make_generator(cfg)
+    bar = tqdm(total=total, initial=total - remaining, desc="eval", unit="problem", disable=not show_progress)
+    chunk = max(cfg.batch_size * 4, 8)
+    for name in names:
+        bench = get_benchmark(name)
+        rows = done[name]
+        bar.set_description(name)
+        for start in range(0, len(todo[name]), chunk):
+            part = todo[name][start : start + chunk]
+            completions = gen.generate([build_prompt(tok, it.question, cfg.system_prompt) for it in part])
+            new = []
+            for it, comp in zip(part, completions):
+                pred, ok = grade_completion(it.kind, comp, it.gold, bench.strip_units, it.multiple)
+                new.append(
+                    {
+                        "id": it.id,
+                        "problem": it.question,
+                        "gold": it.gold,
+                        "completion": comp,
+                        "extracted": pred,
+                        "correct": ok,
+                        "multiple": it.multiple,
+                    }
+                )
+            _append(out / f"{name}.jsonl", new)
+            rows += new
+            bar.update(len(part))
+            bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / len(rows):.1f}")
+    bar.close()
+
+    results = {}
+    for name in names:
+        rows = read_done(out / f"{name}.jsonl")
+        correct = sum(bool(r["correct"]) for r in rows)
+        results[name] = {"n": len(rows), "correct": correct, "accuracy": 100.0 * correct / max(1, len(rows))}
+    summary = {
+        "name": run_name(cfg),
+        "model": cfg.model,
+        "adapter": cfg.adapter,
+        "results": results,
+        "average": sum(r["accuracy"] for r in results.values()) / len(results),
+        "seconds": time.perf_counter() - t0,
+        "config": asdict(cfg),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "results.md", markdown_table([summary]) + "\n")
+    return summary
+
+
+def load_summary(run: str | Path) -> dict:
+    path = Path(run) / "summary.json" if Path(run).is_dir() else Path(run)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LightReasonerError(f"{path}: not an evaluation summary ({e})") from e
+
+
+def markdown_table(summaries: list[dict], deltas: bool = False) -> str:
+    """One row per run, one column per benchmark (accuracy %), and AVG.; optional deltas vs the first run."""
+    names: list[str] = []
+    for s in summaries:
+        names += [n for n in s["results"] if n not in names]
+    head = "| Model | " + " | ".join(DISPLAY.get(n, n) for n in names) + " | AVG. |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    base = summaries[0]
+    for s in summaries:
+        cells = []
+        for n in names:
+            r = s["results"].get(n)
+            if r is None:
+                cells.append("–")
+                continue
+            cell = f"{r['accuracy']:.1f}"
+            if deltas and s is not base and n in base["results"]:
+                cell += f" ({r['accuracy'] - base['results'][n]['accuracy']:+.1f})"
+            cells.append(cell)
+        avg = f"{s['average']:.1f}"
+        if deltas and s is not base:
+            avg += f" ({s['average'] - base['average']:+.1f})"
+        lines.append(f"| {s['name']} | " + " | ".join(cells) + f" | {avg} |")
+    return "\n".join(lines)
+
+
+def grade_file(path: str | Path, benchmark: str, out: str | Path | None = None) -> dict:
+    """Re-grade saved completions (lines with ``completion`` and ``gold``); writes
+    each line back with ``extracted`` and ``correct``."""
+    bench = get_benchmark(benchmark)
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        for key in ("completion", "gold"):
+            if key not in row:
+                raise LightReasonerError(f"{path}:{lineno}: no {key!r} field")
+        pred, ok = grade_completion(
+            bench.kind, str(row["completion"]), str(row["gold"]), bench.strip_units, bool(row.get("multiple", False))
+        )
+        rows.append({**row, "extracted": pred, "correct": ok, "multiple": it.multiple})
+    if not rows:
+        raise LightReasonerError(f"{path}: no lines to grade")
+    atomic_write_text(out or path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    correct = sum(r["correct"] for r in rows)
+    return {"n": len(rows), "correct": correct, "accuracy": 100.0 * correct / len(rows)}
