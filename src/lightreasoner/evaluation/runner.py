@@ -200,7 +200,7 @@ def grade_file(path: str | Path, benchmark: str, out: str | Path | None = None) 
         pred, ok = grade_completion(
             bench.kind, str(row["completion"]), str(row["gold"]), bench.strip_units, bool(row.get("multiple", False))
         )
-        rows.append({**row, "extracted": pred, "correct": ok, "multiple": it.multiple})
+        rows.append({**row, "extracted": pred, "correct": ok})
     if not rows:
         raise LightReasonerError(f"{path}: no lines to grade")
     atomic_write_text(out or path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
