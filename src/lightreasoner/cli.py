@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
-from .config import EvalConfig, MergeConfig, SampleConfig, TrainConfig, build, read_yaml, section
+from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml, section
 from .errors import LightReasonerError
 
 STAGES = ("sample", "train", "merge", "eval", "run")
@@ -25,6 +25,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per dataclass field (``--no-x`` for booleans); defaults shown, not applied."""
     parser.add_argument("--config", help="YAML file with options (flags override it)")
     for f in dataclasses.fields(cls):
+        if f.type == "dict":
+            continue  # sections: YAML only
         flag = "--" + f.name.replace("-", "_").replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f.metadata.get("help", "")
@@ -116,6 +118,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import load_run_config, run_experiment
+
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    cfg = load_run_config(args.config, flags, args.quick)
+    fig = run_experiment(cfg, show_progress=not args.quiet)
+    print(fig["tables"]["accuracy"])
+    print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in fig["stage_seconds"].items()))
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
 def _print_summary(summary: dict, keys: tuple[str, ...]) -> None:
     for k in keys:
         v = summary.get(k)
@@ -147,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("train", cmd_train, "stage 2: LoRA fine-tuning of the expert on soft labels", TrainConfig)
     add("merge", cmd_merge, "merge a LoRA adapter into its base model", MergeConfig)
     add("eval", cmd_eval, "zero-shot pass@1 on math benchmarks, graded like the Qwen2.5-Math toolkit", EvalConfig)
+    p = add(
+        "run",
+        cmd_run,
+        "the whole experiment: evaluate, sample, fine-tune, merge, evaluate, report "
+        "(without --config: the offline default experiment, configs/default.yaml)",
+        RunConfig,
+    )
+    p.add_argument("--quick", action="store_true", help="a few problems and short generations: a smoke test")
     p = add("grade", cmd_grade, "re-grade saved completions (lines with completion and gold)")
     p.add_argument("file", help="JSONL file, e.g. an earlier eval's <benchmark>.jsonl")
     p.add_argument("--benchmark", required=True, help="benchmark whose answer rules apply")

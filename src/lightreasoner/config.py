@@ -23,8 +23,8 @@ T = TypeVar("T")
 
 def opt(default: Any, help: str, **kw) -> Any:
     """A dataclass field with its help text (shown by ``--help`` and in the docs)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -104,6 +104,32 @@ class EvalConfig(ModelOptions):
     seed: int = opt(0, "seed for generated benchmarks (reasoning-gym)")
 
 
+@dataclass
+class RunConfig(ModelOptions):
+    """The whole experiment. Sections ``sample:``, ``train:`` and ``eval:`` take any option
+    of that stage (paths are filled in by the run)."""
+
+    out: str = opt("runs/default", "run directory (every stage's output, the report)")
+    expert: str = opt("embedded:Qwen2.5-Coder-1.5B-Instruct", "expert model")
+    amateur: str = opt("embedded:Qwen2.5-Coder-0.5B-Instruct", "amateur model")
+    data: str = opt("reasoning-gym:gsm_symbolic", "training problems (JSONL, reasoning-gym:<task>, hub dataset)")
+    question_field: str = opt("question", "question field of JSONL training data")
+    max_problems: int = opt(1000, "training problems sampled")
+    seed: int = opt(1, "seed of generated training problems")
+    benchmarks: str = opt(
+        "gsm8k,math,svamp,asdiv,minerva_math,olympiadbench,mmlu_stem",
+        "benchmarks for the before/after evaluation (reasoning-gym:<task> for generated test problems)",
+    )
+    data_dir: str = opt(None, "folder with <benchmark>/test.jsonl files")
+    eval_limit: int = opt(None, "first N problems of each benchmark (generated ones: how many)")
+    eval_seed: int = opt(2, "seed of generated test problems (must differ from --seed)")
+    eval_max_new_tokens: int = opt(1024, "generation budget per test problem")
+    eval_batch_size: int = opt(16, "test problems generated together")
+    sample: dict = opt({}, "options for the sampling stage")
+    train: dict = opt({}, "options for the fine-tuning stage")
+    eval: dict = opt({}, "options for both evaluations")
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -136,6 +162,10 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
             return int(value)
         if "float" in ftype:
             return -math.inf if str(value).strip().lower() in ("-inf", "-infinity") else float(value)
+        if "dict" in ftype:
+            if not isinstance(value, dict):
+                raise TypeError
+            return value
         if isinstance(value, list) and "str" in ftype:
             return ",".join(str(v) for v in value)
         return str(value) if not isinstance(value, dict) else value

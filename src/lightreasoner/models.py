@@ -61,6 +61,10 @@ def resolve_source(spec: str, allow_pickle: bool = False, what: str = "model") -
     Raises :class:`LightReasonerError` for a path that does not exist, a directory
     without weights, or pickle-only weights without ``allow_pickle``.
     """
+    if spec.startswith("embedded:"):
+        from .offline import ensure_model
+
+        return ModelSource(str(ensure_model(spec.split(":", 1)[1])))
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return ModelSource(str(p.parent), p.name)

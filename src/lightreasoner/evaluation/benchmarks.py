@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import iter_jsonl
+from ..data import REASONING_GYM_PREFIX, iter_jsonl, reasoning_gym_problems
 from ..errors import LightReasonerError
 from .grading import CHOICE_LETTERS, extract_answer, last_boxed, normalize
 
@@ -108,17 +108,26 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("mmlu_stem", _mmlu_question, lambda ex: CHOICE_LETTERS[int(ex["answer"])], kind="choice"),
     ]
 }
+GENERATED = Benchmark("generated", lambda ex: ex["question"], lambda ex: str(ex["answer"]))
 BENCHMARKS["gsm8k_qwen25math"] = Benchmark("gsm8k_qwen25math", BENCHMARKS["gsm8k"].question, BENCHMARKS["gsm8k"].gold)
 
 
 def get_benchmark(name: str) -> Benchmark:
+    if name.startswith(REASONING_GYM_PREFIX):
+        return GENERATED
     if name not in BENCHMARKS:
         raise LightReasonerError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
     return BENCHMARKS[name]
 
 
-def load_items(name: str, data_dir: str | Path | None, limit: int | None = None) -> list[Item]:
-    """Items of one benchmark from ``data_dir/<name>/test.jsonl``, or the hub without it."""
+def load_items(name: str, data_dir: str | Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
+    """Items of one benchmark from ``data_dir/<name>/test.jsonl``, or the hub without it.
+
+    ``reasoning-gym:<task>`` generates ``limit`` (default 100) problems with ``seed``.
+    """
+    if name.startswith(REASONING_GYM_PREFIX):
+        problems = reasoning_gym_problems(name[len(REASONING_GYM_PREFIX) :], limit or 100, seed)
+        return [Item(str(p.index), p.question, normalize(p.answer or "")) for p in problems]
     bench = get_benchmark(name)
     rows: list[tuple[str, dict]] = []
     if data_dir is not None:

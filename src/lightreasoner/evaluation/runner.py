@@ -34,6 +34,10 @@ DISPLAY = {
 }
 
 
+def display_name(name: str) -> str:
+    return DISPLAY.get(name, name.split(":", 1)[-1])
+
+
 def benchmark_names(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
@@ -95,7 +99,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise LightReasonerError("--max-new-tokens and --batch-size must be at least 1")
     names = benchmark_names(cfg.benchmarks)
-    items = {n: load_items(n, cfg.data_dir, cfg.limit) for n in names}
+    items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     done = {n: read_done(out / f"{n}.jsonl") for n in names}
@@ -167,7 +171,7 @@ def markdown_table(summaries: list[dict], deltas: bool = False) -> str:
     names: list[str] = []
     for s in summaries:
         names += [n for n in s["results"] if n not in names]
-    head = "| Model | " + " | ".join(DISPLAY.get(n, n) for n in names) + " | AVG. |"
+    head = "| Model | " + " | ".join(display_name(n) for n in names) + " | AVG. |"
     lines = [head, "|" + "---|" * (len(names) + 2)]
     base = summaries[0]
     for s in summaries:

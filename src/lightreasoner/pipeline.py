@@ -1,0 +1,216 @@
+"""``lightreasoner run``: the whole experiment in one run directory.
+
+Stages: baseline evaluation → sampling → fine-tuning → merge → evaluation → report.
+Each stage is skipped when its output is already complete, so an interrupted run
+resumes where it stopped (sampling and evaluation also resume inside the stage).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml
+from .errors import LightReasonerError
+from .records import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+QUICK = {
+    "max_problems": 4,
+    "eval_limit": 4,
+    "eval_max_new_tokens": 96,
+    "sample": {"max_new_tokens": 32},
+    "train": {"max_steps": 4, "save_steps": 1000},
+}
+"""Overrides of ``--quick``: a smoke test of every stage in a few minutes."""
+
+
+def default_config() -> dict:
+    """The packaged offline default experiment (``configs/default.yaml``)."""
+    text = resources.files("lightreasoner").joinpath("configs/default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def merge_dicts(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_run_config(path: str | None, flags: dict, quick: bool) -> RunConfig:
+    """Defaults (the packaged default without ``path``) < file < ``--quick`` < flags."""
+    values = read_yaml(path) if path else default_config()
+    if quick:
+        values = merge_dicts(values, QUICK)
+        if flags.get("out") is None and "out" not in values:
+            values["out"] = "runs/quick"
+    return build(RunConfig, values, flags, source=path or "default config")
+
+
+@dataclass
+class Stage:
+    name: str
+    done: Callable[[], bool]
+    run: Callable[[], object]
+
+
+def stage_configs(cfg: RunConfig) -> dict:
+    """The config of every stage, built from the run config and its sections."""
+    run = Path(cfg.out)
+    common = {
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "allow_pickle": cfg.allow_pickle,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    sample = build(
+        SampleConfig,
+        {
+            **common,
+            "expert": cfg.expert,
+            "amateur": cfg.amateur,
+            "data": cfg.data,
+            "out": str(run / "samples.jsonl"),
+            "question_field": cfg.question_field,
+            "max_problems": cfg.max_problems,
+            "seed": cfg.seed,
+            **cfg.sample,
+        },
+        {},
+        source="run config, section 'sample'",
+    )
+    train = build(
+        TrainConfig,
+        {
+            **common,
+            "model": cfg.expert,
+            "samples": sample.out,
+            "output_dir": str(run / "adapter"),
+            **cfg.train,
+        },
+        {},
+        source="run config, section 'train'",
+    )
+    merge = build(
+        MergeConfig,
+        {**common, "base": cfg.expert, "adapter": train.output_dir, "out": str(run / "merged")},
+        {},
+        source="run config",
+    )
+    evals = {}
+    for which, model, name in (("baseline", cfg.expert, "Baseline"), ("tuned", merge.out, "+ LightR")):
+        evals[which] = build(
+            EvalConfig,
+            {
+                **common,
+                "model": model,
+                "out": str(run / "eval" / which),
+                "name": name,
+                "benchmarks": cfg.benchmarks,
+                "data_dir": cfg.data_dir,
+                "limit": cfg.eval_limit,
+                "seed": cfg.eval_seed,
+                "max_new_tokens": cfg.eval_max_new_tokens,
+                "batch_size": cfg.eval_batch_size,
+                **cfg.eval,
+            },
+            {},
+            source="run config, section 'eval'",
+        )
+    return {"sample": sample, "train": train, "merge": merge, "baseline": evals["baseline"], "tuned": evals["tuned"]}
+
+
+def check_disjoint(cfg: RunConfig) -> int:
+    """Generated training and test problems must not overlap; returns the test problems checked."""
+    from .data import REASONING_GYM_PREFIX, load_problems
+    from .evaluation.benchmarks import load_items
+
+    generated = [b for b in cfg.benchmarks.split(",") if b.strip().startswith(REASONING_GYM_PREFIX)]
+    if not generated or not cfg.data.startswith(REASONING_GYM_PREFIX):
+        return 0
+    train_q = {p.question for p in load_problems(cfg.data, max_problems=cfg.max_problems, seed=cfg.seed)}
+    checked = 0
+    for b in generated:
+        test_q = [it.question for it in load_items(b.strip(), None, cfg.eval_limit, cfg.eval_seed)]
+        overlap = train_q.intersection(test_q)
+        if overlap:
+            raise LightReasonerError(
+                f"{len(overlap)} of the {b} test problems (seed {cfg.eval_seed}) are also training problems "
+                f"(seed {cfg.seed}); choose other seeds"
+            )
+        checked += len(test_q)
+    return checked
+
+
+def _check_same_settings(run: Path, resolved: dict) -> None:
+    path = run / "config.yaml"
+    if path.exists():
+        before = yaml.safe_load(path.read_text())
+        if before != resolved:
+            changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
+            raise LightReasonerError(
+                f"{run} holds a run with other settings (changed: {', '.join(changed)}); "
+                "use another --out, or delete the folder to start again"
+            )
+
+
+def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
+    """Run (or resume) every stage, then write the report; returns the report's figures."""
+    from .evaluation.runner import evaluate
+    from .merge import merge
+    from .report import write_report
+    from .sampling import sample
+    from .training import TRAIN_SUMMARY, train
+
+    run = Path(cfg.out)
+    resolved = asdict(cfg)
+    _check_same_settings(run, resolved)
+    configs = stage_configs(cfg)
+    disjoint = check_disjoint(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    stages = [
+        Stage(
+            "baseline evaluation",
+            lambda: (run / "eval/baseline/summary.json").exists(),
+            lambda: evaluate(configs["baseline"], show_progress),
+        ),
+        Stage(
+            "sampling", lambda: Path(configs["sample"].out).exists(), lambda: sample(configs["sample"], show_progress)
+        ),
+        Stage(
+            "fine-tuning",
+            lambda: (run / "adapter" / TRAIN_SUMMARY).exists(),
+            lambda: train(configs["train"], show_progress),
+        ),
+        Stage("merge", lambda: (run / "merged/config.json").exists(), lambda: merge(configs["merge"])),
+        Stage(
+            "tuned evaluation",
+            lambda: (run / "eval/tuned/summary.json").exists(),
+            lambda: evaluate(configs["tuned"], show_progress),
+        ),
+    ]
+    timings_path = run / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for stage in stages:
+        if stage.done():
+            log.info("[%s] already complete, skipped", stage.name)
+            continue
+        log.info("[%s] starting", stage.name)
+        t0 = time.perf_counter()
+        stage.run()
+        timings[stage.name] = time.perf_counter() - t0
+        atomic_write_text(timings_path, json.dumps(timings, indent=2) + "\n")
+        log.info("[%s] done in %.1f s", stage.name, timings[stage.name])
+    return write_report(run, cfg, timings, disjoint)

@@ -1,0 +1,112 @@
+"""`lightreasoner run` on tiny models: every stage, skipping, resuming, the report."""
+
+import json
+import struct
+
+import pytest
+
+from lightreasoner.cli import main
+from lightreasoner.config import RunConfig, build
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.pipeline import QUICK, check_disjoint, default_config, load_run_config, run_experiment
+
+
+def tiny_run(pair, out, **over):
+    values = {
+        "expert": str(pair[0]), "amateur": str(pair[1]), "out": str(out), "dtype": "float32",
+        "data": "reasoning-gym:gsm_symbolic", "max_problems": 3, "seed": 1,
+        "benchmarks": "reasoning-gym:gsm_symbolic", "eval_limit": 3, "eval_seed": 2, "eval_max_new_tokens": 8,
+        "sample": {"max_new_tokens": 16, "beta": 0.3}, "train": {"max_steps": 2, "save_steps": 100},
+    }
+    return build(RunConfig, {**values, **over}, {})
+
+
+def png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def finished(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    cfg = tiny_run(pair, out)
+    return cfg, run_experiment(cfg, show_progress=False)
+
+
+def test_run_produces_every_artefact_and_the_report(finished):
+    cfg, fig = finished
+    run = __import__("pathlib").Path(cfg.out)
+    for p in ("eval/baseline/summary.json", "samples.jsonl", "adapter/adapter_model.safetensors",
+              "merged/model.safetensors", "eval/tuned/summary.json", "report.md", "report.json", "config.yaml"):
+        assert (run / p).exists(), p
+    for name in fig["plots"]:
+        w, h = png_size(run / name)
+        assert w > 300 and h > 150
+    report = (run / "report.md").read_text()
+    assert "| Baseline |" in report and "| + LightR |" in report and "## Efficiency" in report
+    assert "Tuned Tokens" in report and "transformers" in report and "max_problems: 3" in report
+    saved = json.loads((run / "report.json").read_text())
+    assert saved["efficiency"]["sampled_problems"] == 3
+    assert saved["efficiency"]["tuned_tokens"] == len((run / "samples.jsonl").read_text().splitlines())
+    assert saved["efficiency"]["sft_tokens_same_trajectories"] >= saved["efficiency"]["tuned_tokens"]
+    assert set(saved["stage_seconds"]) == {"baseline evaluation", "sampling", "fine-tuning", "merge",
+                                           "tuned evaluation"}
+    assert saved["generated_test_problems_checked_disjoint"] == 3
+    acc = saved["accuracy"]["reasoning-gym:gsm_symbolic"]
+    assert acc["delta"] == pytest.approx(acc["tuned"] - acc["baseline"])
+
+
+def test_rerun_skips_completed_stages_and_resumes_missing_ones(finished, caplog):
+    cfg, _ = finished
+    run = __import__("pathlib").Path(cfg.out)
+    before = json.loads((run / "timings.json").read_text())
+    adapter_mtime = (run / "adapter/adapter_model.safetensors").stat().st_mtime_ns
+    (run / "eval/tuned/summary.json").unlink()
+    with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
+        run_experiment(cfg, show_progress=False)
+    skipped = [r.message for r in caplog.records if "already complete" in r.message]
+    assert len(skipped) == 4
+    after = json.loads((run / "timings.json").read_text())
+    assert {k: v for k, v in after.items() if k != "tuned evaluation"} == \
+           {k: v for k, v in before.items() if k != "tuned evaluation"}
+    assert (run / "adapter/adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
+
+
+def test_changed_settings_in_the_same_folder_are_refused(pair, finished):
+    cfg, _ = finished
+    with pytest.raises(LightReasonerError, match="other settings"):
+        run_experiment(tiny_run(pair, cfg.out, max_problems=4), show_progress=False)
+
+
+def test_overlapping_training_and_test_problems_are_refused(pair, tmp_path):
+    with pytest.raises(LightReasonerError, match="also training problems"):
+        check_disjoint(tiny_run(pair, tmp_path, eval_seed=1))
+
+
+def test_default_and_quick_configs():
+    default = load_run_config(None, {}, quick=False)
+    assert default.expert.startswith("embedded:") and default.dtype == "bfloat16"
+    assert default.benchmarks == default_config()["benchmarks"]
+    quick = load_run_config(None, {"eval_limit": 2}, quick=True)
+    assert quick.max_problems == QUICK["max_problems"] and quick.eval_limit == 2 and quick.out == "runs/quick"
+    assert quick.train["max_steps"] == QUICK["train"]["max_steps"] and quick.train["batch_size"] == 8
+
+
+def test_paper_configs_load(tmp_path):
+    from conftest import REPO
+
+    paths = sorted((REPO / "configs" / "paper").glob("*.yaml"))
+    assert paths
+    for p in paths:
+        cfg = load_run_config(str(p), {}, quick=False)
+        assert cfg.amateur == "Qwen/Qwen2.5-0.5B" and cfg.max_problems == 1000
+        assert cfg.benchmarks.split(",") == ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench",
+                                             "mmlu_stem"]
+
+
+def test_run_command_reports_bad_config(tmp_path, capsys):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("train:\n  max_stepz: 3\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown option 'max_stepz'" in capsys.readouterr().err
