@@ -13,10 +13,19 @@ from lightreasoner.pipeline import QUICK, check_disjoint, default_config, load_r
 
 def tiny_run(pair, out, **over):
     values = {
-        "expert": str(pair[0]), "amateur": str(pair[1]), "out": str(out), "dtype": "float32",
-        "data": "reasoning-gym:gsm_symbolic", "max_problems": 3, "seed": 1,
-        "benchmarks": "reasoning-gym:gsm_symbolic", "eval_limit": 3, "eval_seed": 2, "eval_max_new_tokens": 8,
-        "sample": {"max_new_tokens": 16, "beta": 0.3}, "train": {"max_steps": 2, "save_steps": 100},
+        "expert": str(pair[0]),
+        "amateur": str(pair[1]),
+        "out": str(out),
+        "dtype": "float32",
+        "data": "reasoning-gym:gsm_symbolic",
+        "max_problems": 3,
+        "seed": 1,
+        "benchmarks": "reasoning-gym:gsm_symbolic",
+        "eval_limit": 3,
+        "eval_seed": 2,
+        "eval_max_new_tokens": 8,
+        "sample": {"max_new_tokens": 16, "beta": 0.3},
+        "train": {"max_steps": 2, "save_steps": 100},
     }
     return build(RunConfig, {**values, **over}, {})
 
@@ -37,8 +46,16 @@ def finished(pair, tmp_path_factory):
 def test_run_produces_every_artefact_and_the_report(finished):
     cfg, fig = finished
     run = __import__("pathlib").Path(cfg.out)
-    for p in ("eval/baseline/summary.json", "samples.jsonl", "adapter/adapter_model.safetensors",
-              "merged/model.safetensors", "eval/tuned/summary.json", "report.md", "report.json", "config.yaml"):
+    for p in (
+        "eval/baseline/summary.json",
+        "samples.jsonl",
+        "adapter/adapter_model.safetensors",
+        "merged/model.safetensors",
+        "eval/tuned/summary.json",
+        "report.md",
+        "report.json",
+        "config.yaml",
+    ):
         assert (run / p).exists(), p
     for name in fig["plots"]:
         w, h = png_size(run / name)
@@ -50,8 +67,13 @@ def test_run_produces_every_artefact_and_the_report(finished):
     assert saved["efficiency"]["sampled_problems"] == 3
     assert saved["efficiency"]["tuned_tokens"] == len((run / "samples.jsonl").read_text().splitlines())
     assert saved["efficiency"]["sft_tokens_same_trajectories"] >= saved["efficiency"]["tuned_tokens"]
-    assert set(saved["stage_seconds"]) == {"baseline evaluation", "sampling", "fine-tuning", "merge",
-                                           "tuned evaluation"}
+    assert set(saved["stage_seconds"]) == {
+        "baseline evaluation",
+        "sampling",
+        "fine-tuning",
+        "merge",
+        "tuned evaluation",
+    }
     assert saved["generated_test_problems_checked_disjoint"] == 3
     acc = saved["accuracy"]["reasoning-gym:gsm_symbolic"]
     assert acc["delta"] == pytest.approx(acc["tuned"] - acc["baseline"])
@@ -68,8 +90,9 @@ def test_rerun_skips_completed_stages_and_resumes_missing_ones(finished, caplog)
     skipped = [r.message for r in caplog.records if "already complete" in r.message]
     assert len(skipped) == 4
     after = json.loads((run / "timings.json").read_text())
-    assert {k: v for k, v in after.items() if k != "tuned evaluation"} == \
-           {k: v for k, v in before.items() if k != "tuned evaluation"}
+    assert {k: v for k, v in after.items() if k != "tuned evaluation"} == {
+        k: v for k, v in before.items() if k != "tuned evaluation"
+    }
     assert (run / "adapter/adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
 
 
@@ -101,8 +124,15 @@ def test_paper_configs_load(tmp_path):
     for p in paths:
         cfg = load_run_config(str(p), {}, quick=False)
         assert cfg.amateur == "Qwen/Qwen2.5-0.5B" and cfg.max_problems == 1000
-        assert cfg.benchmarks.split(",") == ["gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench",
-                                             "mmlu_stem"]
+        assert cfg.benchmarks.split(",") == [
+            "gsm8k",
+            "math",
+            "svamp",
+            "asdiv",
+            "minerva_math",
+            "olympiadbench",
+            "mmlu_stem",
+        ]
 
 
 def test_run_command_reports_bad_config(tmp_path, capsys):

@@ -81,3 +81,47 @@ def make_pair(root: Path, expert_vocab: int = 420, amateur_vocab: int = 410) -> 
     make_model(exp, expert_vocab, "qwen2", seed=1)
     make_model(ama, amateur_vocab, "llama", seed=2)
     return exp, ama
+
+
+def make_gguf(model_dir: Path, out: Path) -> None:
+    """Write the Qwen2 model + tokenizer in ``model_dir`` as an F32 GGUF file."""
+    import json
+
+    import gguf
+
+    model = Qwen2ForCausalLM.from_pretrained(model_dir)
+    cfg = model.config
+    w = gguf.GGUFWriter(str(out), "qwen2")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(0)
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    ids = list(tj["model"]["vocab"].values()) + [a["id"] for a in tj["added_tokens"]]
+    tokens = [""] * (max(ids) + 1)
+    for t, i in tj["model"]["vocab"].items():
+        tokens[i] = t
+    for a in tj["added_tokens"]:
+        tokens[a["id"]] = a["content"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]])
+    w.add_eos_token_id(0)
+    w.add_pad_token_id(0)
+    w.add_bos_token_id(0)
+    w.add_chat_template(CHAT_TEMPLATE)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg.num_hidden_layers)
+    for name, t in model.state_dict().items():
+        base, suffix = name.rsplit(".", 1)
+        w.add_tensor(f"{names.get_name(base)}.{suffix}", t.float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
