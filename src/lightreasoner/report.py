@@ -123,7 +123,7 @@ def plot(run: Path, fig: dict) -> list[str]:
     ax.bar_label(b2, fmt="%.1f", fontsize=8)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("zero-shot pass@1 (%)")
-    ax.set_ylim(0, min(100, max(before + after + [1]) * 1.25 + 5))
+    ax.set_ylim(0, 105)
     ax.set_title("Accuracy before and after LightReasoner")
     ax.legend(frameon=False)
     f.tight_layout()
@@ -148,7 +148,8 @@ def plot(run: Path, fig: dict) -> list[str]:
     share = fig["selection"]["selected_share"]
     ax.set_title(f"Per-step KL(expert ‖ amateur): {100 * share:.1f}% of steps selected")
     ax.set_xlabel("KL divergence (nats)")
-    ax.set_ylabel("steps")
+    ax.set_yscale("log")
+    ax.set_ylabel("steps (log scale)")
     ax.legend(frameon=False)
     f.tight_layout()
     f.savefig(run / "kl_histogram.png", dpi=150)

@@ -250,11 +250,11 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
         "records": len(dataset),
         "trajectories": len({e.group for e in examples}),
         "tuned_tokens": len(dataset),
-        "record_updates": steps * cfg.batch_size * cfg.grad_accum,
+        "record_updates": round(trainer.state.epoch * len(dataset)),
         "optimizer_steps": steps,
         "train_loss": result.training_loss,
         "seconds": seconds,
-        "seconds_per_record": seconds / max(1, steps * cfg.batch_size * cfg.grad_accum),
+        "seconds_per_record": seconds / max(1, round(trainer.state.epoch * len(dataset))),
         "packed": cfg.pack,
         "config": asdict(cfg),
     }
