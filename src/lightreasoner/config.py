@@ -122,7 +122,7 @@ class RunConfig(ModelOptions):
     )
     data_dir: str = opt(None, "folder with <benchmark>/test.jsonl files")
     eval_limit: int = opt(None, "first N problems of each benchmark (generated ones: how many)")
-    eval_seed: int = opt(2, "seed of generated test problems (must differ from --seed)")
+    eval_seed: int = opt(3, "seed of generated test problems (must differ from --seed)")
     eval_max_new_tokens: int = opt(1024, "generation budget per test problem")
     eval_batch_size: int = opt(16, "test problems generated together")
     sample: dict = opt({}, "options for the sampling stage")
