@@ -73,19 +73,7 @@ def test_mismatched_tokenizers_are_refused_before_generation(
     pair, other_tokenizer_model, problems_file, tmp_path, capsys
 ):
     out = tmp_path / "s.jsonl"
-    code = main(
-        [
-            "sample",
-            "--expert",
-            str(pair[0]),
-            "--amateur",
-            str(other_tokenizer_model),
-            "--data",
-            str(problems_file),
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(sample_args((pair[0], other_tokenizer_model), problems_file, out))
     assert_failed_cleanly(code, capsys, out, "tokenizers disagree")
 
 
@@ -120,19 +108,7 @@ def test_beta_too_high_writes_nothing(pair, problems_file, tmp_path, capsys):
 
 def test_missing_model_path(pair, problems_file, tmp_path, capsys):
     out = tmp_path / "s.jsonl"
-    code = main(
-        [
-            "sample",
-            "--expert",
-            str(tmp_path / "nope"),
-            "--amateur",
-            str(pair[1]),
-            "--data",
-            str(problems_file),
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(sample_args((tmp_path / "nope", pair[1]), problems_file, out))
     assert_failed_cleanly(code, capsys, out, "no such directory or file")
 
 
@@ -147,9 +123,7 @@ def test_pickle_weights_refused_without_flag(pair, problems_file, tmp_path, caps
     for f in Path(pair[0]).glob("tokenizer*"):
         (pickled / f.name).write_bytes(f.read_bytes())
     out = tmp_path / "s.jsonl"
-    code = main(
-        ["sample", "--expert", str(pickled), "--amateur", str(pair[1]), "--data", str(problems_file), "--out", str(out)]
-    )
+    code = main(sample_args((pickled, pair[1]), problems_file, out))
     assert_failed_cleanly(code, capsys, out, "pickle", "--allow-pickle")
 
 
@@ -250,3 +224,10 @@ def test_train_and_merge_commands(pair, problems_file, tmp_path, capsys):
     assert (merged / "config.json").exists()
     assert main(["merge", "--base", str(pair[0]), "--adapter", str(adapter), "--out", str(merged)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_unknown_hub_dataset_is_a_clear_error(pair, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "s.jsonl"
+    code = main(sample_args(pair, "no-such-org/no-such-dataset", out))
+    assert_failed_cleanly(code, capsys, out, "cannot load it as a Hugging Face dataset")

@@ -10,31 +10,32 @@ from lightreasoner.evaluation.benchmarks import PAPER_BENCHMARKS
 ALL = ",".join([*PAPER_BENCHMARKS, "math500"])
 
 
+def eval_args(pair, out, *extra):
+    return [
+        "eval",
+        "-q",
+        "--model",
+        str(pair[0]),
+        "--benchmarks",
+        ALL,
+        "--data-dir",
+        str(SHARED_DATA),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def eval_run(pair, tmp_path_factory):
     if not SHARED_DATA.exists():
         pytest.skip("benchmark files of ../shared/data not present")
     out = tmp_path_factory.mktemp("eval") / "base"
-    code = main(
-        [
-            "eval",
-            "-q",
-            "--model",
-            str(pair[0]),
-            "--benchmarks",
-            ALL,
-            "--data-dir",
-            str(SHARED_DATA),
-            "--limit",
-            "2",
-            "--max-new-tokens",
-            "12",
-            "--batch-size",
-            "3",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(eval_args(pair, out, "--batch-size", "3"))
     assert code == 0
     return out
 
@@ -59,27 +60,7 @@ def test_rerun_resumes_without_generating_again(pair, eval_run, capsys):
     gsm = eval_run / "gsm8k.jsonl"
     first = gsm.read_text().splitlines()[0]
     gsm.write_text(first + "\n" + '{"id": "1", "probl')
-    assert (
-        main(
-            [
-                "eval",
-                "-q",
-                "--model",
-                str(pair[0]),
-                "--benchmarks",
-                ALL,
-                "--data-dir",
-                str(SHARED_DATA),
-                "--limit",
-                "2",
-                "--max-new-tokens",
-                "12",
-                "--out",
-                str(eval_run),
-            ]
-        )
-        == 0
-    )
+    assert main(eval_args(pair, eval_run)) == 0
     after = {p.name: p.read_text() for p in eval_run.glob("*.jsonl")}
     assert after == files
 
@@ -148,47 +129,67 @@ def test_grade_rescoring(tmp_path, capsys):
 
 
 def test_eval_bad_input(pair, tmp_path, capsys):
-    assert main(["eval", "--model", str(pair[0]), "--benchmarks", "gsm9k", "--out", str(tmp_path / "o")]) == 2
+    def run(*args):
+        return main(["eval", "--model", str(pair[0]), "--out", str(tmp_path / "o"), *args])
+
+    assert run("--benchmarks", "gsm9k") == 2
     assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(pair[0]),
-                "--benchmarks",
-                "gsm8k",
-                "--data-dir",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert run("--benchmarks", "gsm8k", "--data-dir", str(tmp_path)) == 2
     assert "test.jsonl does not exist" in capsys.readouterr().err
     bad = tmp_path / "gsm8k"
     bad.mkdir()
     (bad / "test.jsonl").write_text('{"question": "q"}\n')
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(pair[0]),
-                "--benchmarks",
-                "gsm8k",
-                "--data-dir",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert run("--benchmarks", "gsm8k", "--data-dir", str(tmp_path)) == 2
     assert "test.jsonl:1: not a gsm8k record" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     path = tmp_path / "g.jsonl"
     path.write_text('{"completion": "x"}\n')
     assert main(["grade", str(path), "--benchmark", "gsm8k"]) == 2
     assert "g.jsonl:1: no 'gold' field" in capsys.readouterr().err
+
+
+def test_generation_halves_the_batch_on_out_of_memory(pair, monkeypatch):
+    import torch
+
+    from lightreasoner.evaluation.generation import HFGenerator
+    from lightreasoner.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(pair[0]))
+    gen = HFGenerator(load_model(str(pair[0])), tok, 6, batch_size=8)
+    prompts = [f"Question {i}: how many apples?" for i in range(6)]
+    expected = [HFGenerator(gen.model, tok, 6, 1).generate([p])[0] for p in prompts]
+    real = gen._batch
+    sizes = []
+
+    def limited(batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(batch)
+
+    monkeypatch.setattr(gen, "_batch", limited)
+    assert gen.generate(prompts) == expected
+    assert gen.batch_size == 2 and sizes[:3] == [6, 4, 2]
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(pair, tmp_path, capsys):
+    from lightreasoner.evaluation.generation import vllm_available
+
+    if vllm_available():
+        pytest.skip("vLLM is installed here")
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(pair[0]),
+            "--benchmarks",
+            "reasoning-gym:gsm_symbolic",
+            "--limit",
+            "1",
+            "--backend",
+            "vllm",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "vLLM is not installed" in capsys.readouterr().err

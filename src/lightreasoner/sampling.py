@@ -24,6 +24,7 @@ from .config import SampleConfig
 from .data import Problem, load_problems
 from .errors import LightReasonerError
 from .models import (
+    ModelSource,
     check_pair,
     load_model,
     load_tokenizer,
@@ -254,6 +255,32 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
         return json.loads(spath.read_text()) if spath.exists() else {}
     todo = [p for p in problems if p.index not in writer.done]
 
+    if todo:
+        _sample_batches(cfg, todo, len(problems), writer, src_e, src_a, tok, show_progress)
+
+    summary = summarize(cfg, list(writer.done.values()))
+    if summary["selected_steps"] == 0:
+        writer.discard()
+        raise LightReasonerError(
+            f"no step reached KL >= beta = {cfg.beta} (largest KL seen: {summary['kl_quantiles']['max']:.4f}); "
+            "nothing was written. Lower --beta."
+        )
+    writer.finish()
+    atomic_write_text(summary_path(cfg.out), _json(summary))
+    return summary
+
+
+def _sample_batches(
+    cfg: SampleConfig,
+    todo: list[Problem],
+    total: int,
+    writer: ResumableWriter,
+    src_e: ModelSource,
+    src_a: ModelSource,
+    tok: PreTrainedTokenizerBase,
+    show_progress: bool,
+) -> None:
+    """Generate, score and commit ``todo`` batch by batch."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
@@ -263,8 +290,8 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     pad = tok.pad_token_id
 
     bar = tqdm(
-        total=len(problems),
-        initial=len(problems) - len(todo),
+        total=total,
+        initial=total - len(todo),
         desc="sampling",
         unit="problem",
         disable=not show_progress,
@@ -299,17 +326,6 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
         bar.set_postfix(records=n_rec)
         bar.update(len(batch))
     bar.close()
-
-    summary = summarize(cfg, list(writer.done.values()))
-    if summary["selected_steps"] == 0:
-        writer.discard()
-        raise LightReasonerError(
-            f"no step reached KL >= beta = {cfg.beta} (largest KL seen: {summary['kl_quantiles']['max']:.4f}); "
-            "nothing was written. Lower --beta."
-        )
-    writer.finish()
-    atomic_write_text(summary_path(cfg.out), _json(summary))
-    return summary
 
 
 def summarize(cfg: SampleConfig, done: list[dict]) -> dict:

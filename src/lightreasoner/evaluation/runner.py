@@ -66,16 +66,21 @@ def _append(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def make_generator(cfg: EvalConfig):
-    """The model (+ adapter) behind a generation backend, loaded once."""
-    backend = cfg.backend
+def check_backend(backend: str) -> str:
+    """``auto`` → ``vllm`` when it is installed and a GPU is visible, else ``hf``."""
     if backend not in ("auto", "hf", "vllm"):
         raise LightReasonerError(f"--backend {backend!r}: choose auto, hf or vllm")
+    if backend == "vllm" and not vllm_available():
+        raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible")
+    return "vllm" if backend == "auto" and vllm_available() else backend if backend != "auto" else "hf"
+
+
+def make_generator(cfg: EvalConfig):
+    """The model (+ adapter) behind a generation backend, loaded once."""
+    backend = check_backend(cfg.backend)
     src = resolve_source(cfg.model, cfg.allow_pickle, "model")
     tok = load_tokenizer(src, cfg.trust_remote_code)
-    if backend == "vllm" or (backend == "auto" and vllm_available()):
-        if not vllm_available():
-            raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible")
+    if backend == "vllm":
         dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
         return tok, VLLMGenerator(src.path, tok, cfg.max_new_tokens, dtype, cfg.adapter, cfg.trust_remote_code)
     device = resolve_device(cfg.device)
@@ -99,6 +104,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise LightReasonerError("--max-new-tokens and --batch-size must be at least 1")
     names = benchmark_names(cfg.benchmarks)
+    check_backend(cfg.backend)
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     if remaining:
         tok, gen = make_generator(cfg)
     bar = tqdm(total=total, initial=total - remaining, desc="eval", unit="problem", disable=not show_progress)
-    chunk = max(cfg.batch_size * 4, 8)
+    chunk = cfg.batch_size  # write (and resume) per generated batch
     for name in names:
         bench = get_benchmark(name)
         rows = done[name]
