@@ -58,6 +58,7 @@ def gather(run: Path, cfg: RunConfig, timings: dict, disjoint_checked: int) -> d
             "tuned": tuned["results"][name]["accuracy"],
             "delta": tuned["results"][name]["accuracy"] - base["results"][name]["accuracy"],
             "n": base["results"][name]["n"],
+            "correct": {"baseline": base["results"][name]["correct"], "tuned": tuned["results"][name]["correct"]},
         }
         for name in base["results"]
         if name in tuned["results"]
@@ -184,9 +185,13 @@ def markdown(fig: dict) -> str:
         "",
         fig["tables"]["accuracy"],
         "",
-        "Test problems per benchmark: "
-        + ", ".join(f"{display_name(n)} {a['n']}" for n, a in fig["accuracy"].items())
-        + ".",
+        "Correct answers (baseline → tuned, of the test problems): "
+        + ", ".join(
+            f"{display_name(n)} {a['correct']['baseline']} → {a['correct']['tuned']} of {a['n']}"
+            for n, a in fig["accuracy"].items()
+        )
+        + f". One problem is worth {100 / max(1, min(a['n'] for a in fig['accuracy'].values())):.1f} points "
+        "on the smallest benchmark.",
     ]
     if fig["generated_test_problems_checked_disjoint"]:
         lines.append(
