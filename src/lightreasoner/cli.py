@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -191,10 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def dump(obj: dict) -> str:
-    return json.dumps(obj, indent=2)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,22 @@ def load_model(
     return model.to(device).eval()
 
 
+CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
+
+
+def end_token_ids(
+    eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase, chat_ends: bool = False
+) -> list[int]:
+    """Ids that end a generation: ``eos`` (the model's generation config), the tokenizer's
+    EOS and, with ``chat_ends``, the chat end tokens the tokenizer knows (``<|im_end|>``, ...)."""
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    vocab = tokenizer.get_vocab()
+    for tok in (tokenizer.eos_token, *(CHAT_END_TOKENS if chat_ends else ())):
+        if tok in vocab and vocab[tok] not in ids:
+            ids.append(vocab[tok])
+    return ids
+
+
 def logit_vocab_size(model: PreTrainedModel) -> int:
     """Rows of the output embedding, i.e. the last dimension of the logits."""
     return model.get_output_embeddings().weight.shape[0]

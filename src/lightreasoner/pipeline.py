@@ -20,7 +20,7 @@ import yaml
 
 from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml
 from .errors import LightReasonerError
-from .records import atomic_write_text
+from .records import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,6 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
         t0 = time.perf_counter()
         stage.run()
         timings[stage.name] = time.perf_counter() - t0
-        atomic_write_text(timings_path, json.dumps(timings, indent=2) + "\n")
+        atomic_write_json(timings_path, timings)
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])
     return write_report(run, cfg, timings, disjoint)

@@ -89,6 +89,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_json(path: str | Path, obj: object) -> None:
+    """Indented JSON, written atomically (non-JSON values such as paths become strings)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
 class ResumableWriter:
     """Append-per-problem JSONL output that survives being killed at any moment.
 

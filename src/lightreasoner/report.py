@@ -13,7 +13,7 @@ import yaml
 
 from .config import RunConfig
 from .evaluation.runner import display_name, load_summary, markdown_table
-from .records import atomic_write_text, summary_path
+from .records import atomic_write_json, atomic_write_text, summary_path
 
 PACKAGES = (
     "lightreasoner",
@@ -255,6 +255,6 @@ def markdown(fig: dict) -> str:
 def write_report(run: Path, cfg: RunConfig, timings: dict, disjoint_checked: int = 0) -> dict:
     fig = gather(run, cfg, timings, disjoint_checked)
     fig["plots"] = plot(run, fig)
-    atomic_write_text(run / "report.json", json.dumps(fig, indent=2, default=str) + "\n")
+    atomic_write_json(run / "report.json", fig)
     atomic_write_text(run / "report.md", markdown(fig))
     return fig

@@ -26,6 +26,7 @@ from .errors import LightReasonerError
 from .models import (
     ModelSource,
     check_pair,
+    end_token_ids,
     load_model,
     load_tokenizer,
     logit_vocab_size,
@@ -34,7 +35,7 @@ from .models import (
     resolve_source,
 )
 from .prompts import encode_prompt
-from .records import ResumableWriter, SoftLabelRecord, atomic_write_text, summary_path
+from .records import ResumableWriter, SoftLabelRecord, atomic_write_json, summary_path
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,6 @@ class StepLabel:
     kl: float
 
 
-def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 @torch.inference_mode()
 def generate_trajectories(
     model: PreTrainedModel,
@@ -81,7 +74,7 @@ def generate_trajectories(
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    stops = eos_ids(model, tokenizer)
+    stops = end_token_ids(model.generation_config.eos_token_id, tokenizer)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
     trajs = []
@@ -266,7 +259,7 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
             "nothing was written. Lower --beta."
         )
     writer.finish()
-    atomic_write_text(summary_path(cfg.out), _json(summary))
+    atomic_write_json(summary_path(cfg.out), summary)
     return summary
 
 
@@ -358,7 +351,3 @@ def kl_histogram(kls: torch.Tensor, bins: int = 60) -> dict:
     counts = torch.histc(kls.clamp(min=0).float(), bins=bins, min=0.0, max=top)
     edges = torch.linspace(0.0, top, bins + 1)
     return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}
-
-
-def _json(obj: dict) -> str:
-    return json.dumps(obj, indent=2) + "\n"

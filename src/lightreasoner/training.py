@@ -13,7 +13,6 @@ micro-batch of ``batch_size`` records spans one or two sequences instead of eigh
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -34,7 +33,7 @@ from .contrast import soft_label_kl
 from .errors import LightReasonerError
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
-from .records import SoftLabelRecord, atomic_write_text, read_records
+from .records import SoftLabelRecord, atomic_write_json, read_records
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -258,5 +257,5 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
         "packed": cfg.pack,
         "config": asdict(cfg),
     }
-    atomic_write_text(out / TRAIN_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / TRAIN_SUMMARY, summary)
     return summary

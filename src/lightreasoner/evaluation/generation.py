@@ -11,22 +11,13 @@ from typing import Protocol
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..models import end_token_ids
+
 log = logging.getLogger(__name__)
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
 
 
 class Generator(Protocol):
     def generate(self, prompts: list[str]) -> list[str]: ...
-
-
-def stop_ids(model_eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """EOS ids of the model and tokenizer plus the chat end tokens the tokenizer knows."""
-    ids = [] if model_eos is None else [model_eos] if isinstance(model_eos, int) else list(model_eos)
-    vocab = tokenizer.get_vocab()
-    for tok in (tokenizer.eos_token, *STOP_TOKENS):
-        if tok in vocab and vocab[tok] not in ids:
-            ids.append(vocab[tok])
-    return ids
 
 
 class HFGenerator:
@@ -37,7 +28,7 @@ class HFGenerator:
     ):
         self.model, self.tok = model, tokenizer
         self.batch_size = batch_size
-        self.stops = stop_ids(model.generation_config.eos_token_id, tokenizer)
+        self.stops = end_token_ids(model.generation_config.eos_token_id, tokenizer, chat_ends=True)
         self.config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stops, pad_token_id=tokenizer.pad_token_id
         )
@@ -91,7 +82,7 @@ class VLLMGenerator:
         self.llm = LLM(model=model, dtype=dtype, enable_lora=adapter is not None, trust_remote_code=trust_remote_code)
         eos = self.llm.get_tokenizer().eos_token_id
         self.params = SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids(eos, tokenizer)
+            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=end_token_ids(eos, tokenizer, chat_ends=True)
         )
         self.lora = LoRARequest("adapter", 1, adapter) if adapter else None
 

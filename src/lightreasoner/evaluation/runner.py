@@ -16,7 +16,7 @@ from ..data import iter_jsonl
 from ..errors import LightReasonerError
 from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from ..prompts import build_prompt
-from ..records import atomic_write_text
+from ..records import atomic_write_json, atomic_write_text
 from .benchmarks import get_benchmark, grade_completion, load_items
 from .generation import HFGenerator, VLLMGenerator, vllm_available
 
@@ -159,7 +159,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
         "seconds": time.perf_counter() - t0,
         "config": asdict(cfg),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "results.md", markdown_table([summary]) + "\n")
     return summary
 
