@@ -17,7 +17,6 @@ from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfi
 from .errors import LightReasonerError
 
 STAGES = ("sample", "train", "merge", "eval", "run")
-log = logging.getLogger("lightreasoner")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -26,7 +25,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         if f.type == "dict":
             continue  # sections: YAML only
-        flag = "--" + f.name.replace("-", "_").replace("_", "-")
+        flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f.metadata.get("help", "")
         help_ += " (required)" if f.metadata.get("required") else f" (default: {default})"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import asdict
@@ -20,7 +19,6 @@ from ..records import atomic_write_json, atomic_write_text
 from .benchmarks import get_benchmark, grade_completion, load_items
 from .generation import HFGenerator, VLLMGenerator, vllm_available
 
-log = logging.getLogger(__name__)
 DISPLAY = {
     "gsm8k": "GSM8K",
     "gsm8k_qwen25math": "GSM8K",
