@@ -92,7 +92,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark(
             "math500", lambda ex: ex["problem"], lambda ex: ex["answer"], hub=("HuggingFaceH4/MATH-500", None, "test")
         ),
-        Benchmark("svamp", _svamp_question, lambda ex: str(ex["Answer"])),
+        Benchmark("svamp", _svamp_question, lambda ex: str(ex["Answer"]), hub=("tongyx361/svamp", None, "test")),
         Benchmark(
             "asdiv",
             lambda ex: f"{ex['body'].strip()} {ex['question'].strip()}",
