@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+import tiny
 from conftest import SHARED_DATA
 
 from lightreasoner.cli import main
@@ -10,14 +11,14 @@ from lightreasoner.evaluation.benchmarks import PAPER_BENCHMARKS
 ALL = ",".join([*PAPER_BENCHMARKS, "math500"])
 
 
-def eval_args(pair, out, *extra):
+def eval_args(pair, out, *extra, benchmarks=ALL):
     return [
         "eval",
         "-q",
         "--model",
         str(pair[0]),
         "--benchmarks",
-        ALL,
+        benchmarks,
         "--data-dir",
         str(SHARED_DATA),
         "--limit",
@@ -66,45 +67,13 @@ def test_rerun_resumes_without_generating_again(pair, eval_run, capsys):
 
 
 def test_adapter_and_compare(pair, eval_run, tmp_path, capsys):
-    import torch
 
-    from lightreasoner.config import TrainConfig
-    from lightreasoner.models import load_model
-    from lightreasoner.training import lora_model
-
-    peft_model = lora_model(load_model(str(pair[0])), TrainConfig(model="-", samples="-", output_dir="-"))
-    torch.manual_seed(0)
-    for n, p in peft_model.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.5)
+    peft_model = tiny.random_lora(pair[0], std=0.5)
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(str(adapter))
     out = tmp_path / "tuned"
-    assert (
-        main(
-            [
-                "eval",
-                "-q",
-                "--model",
-                str(pair[0]),
-                "--adapter",
-                str(adapter),
-                "--benchmarks",
-                "gsm8k,mmlu_stem",
-                "--data-dir",
-                str(SHARED_DATA),
-                "--limit",
-                "2",
-                "--max-new-tokens",
-                "12",
-                "--out",
-                str(out),
-                "--name",
-                "tuned",
-            ]
-        )
-        == 0
-    )
+    args = eval_args(pair, out, "--adapter", str(adapter), "--name", "tuned", benchmarks="gsm8k,mmlu_stem")
+    assert main(args) == 0
     base_rows = (eval_run / "gsm8k.jsonl").read_text().splitlines()
     tuned_rows = (out / "gsm8k.jsonl").read_text().splitlines()
     assert [json.loads(x)["completion"] for x in base_rows] != [json.loads(x)["completion"] for x in tuned_rows]

@@ -125,3 +125,21 @@ def make_gguf(model_dir: Path, out: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def random_lora(model_dir: Path, std: float, target_modules: str = "q_proj,v_proj", dropout: float = 0.05):
+    """The model at ``model_dir`` with a LoRA adapter whose B matrices are random (they
+    start at zero), so the adapter changes outputs and gradients reach A."""
+    from lightreasoner.config import TrainConfig
+    from lightreasoner.models import load_model
+    from lightreasoner.training import lora_model
+
+    cfg = TrainConfig(
+        model=str(model_dir), samples="-", output_dir="-", target_modules=target_modules, lora_dropout=dropout
+    )
+    model = lora_model(load_model(str(model_dir)), cfg)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, std)
+    return model
