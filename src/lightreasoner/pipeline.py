@@ -96,6 +96,7 @@ def stage_configs(cfg: RunConfig) -> dict:
             "model": cfg.expert,
             "samples": sample.out,
             "output_dir": str(run / "adapter"),
+            "resume": True,  # continue from the last checkpoint of an interrupted run
             **cfg.train,
         },
         {},
