@@ -107,8 +107,13 @@ def test_release_format_rebuilds_prompt_and_trains(pair, samples, tmp_path):
         assert (out / "tokenizer_config.json").exists() and (out / "train_summary.json").exists()
 
 
-def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path):
+def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path, monkeypatch):
+    from lightreasoner import training
+
     expert, _ = pair
+    calls = []
+    real_loss = training.soft_label_loss
+    monkeypatch.setattr(training, "soft_label_loss", lambda m, i: calls.append(1) or real_loss(m, i))
     out = tmp_path / "run"
     cfg = dict(
         model=str(expert),
@@ -122,8 +127,10 @@ def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path):
     )
     first = train(TrainConfig(**cfg, max_steps=3), show_progress=False)
     assert (out / "checkpoint-3").is_dir()
+    assert len(calls) == 3
     resumed = train(TrainConfig(**cfg, max_steps=12, resume=True), show_progress=False)
     assert resumed["optimizer_steps"] == 12
+    assert len(calls) == 3 + 9  # continued from checkpoint-3 instead of starting again
     tok = load_tokenizer(str(expert))
     ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
     from lightreasoner.merge import load_with_adapter
