@@ -115,7 +115,7 @@ def load_model(
 ) -> PreTrainedModel:
     """A causal LM in eval mode on ``device``; safetensors unless ``allow_pickle``."""
     src = spec if isinstance(spec, ModelSource) else resolve_source(spec, allow_pickle)
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code, "device_map": str(device)}
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
     elif not allow_pickle:
@@ -124,7 +124,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
     except (OSError, ValueError) as e:
         raise LightReasonerError(f"model {src.path}: cannot load ({e})") from e
-    return model.to(device).eval()
+    return model.eval()
 
 
 CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
