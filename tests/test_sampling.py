@@ -149,3 +149,16 @@ def test_no_contrast_ablation_uses_expert_distribution(pair, problems_file, tmp_
     ra, rb = read_records(a), read_records(b)
     assert [r.token_ids for r in ra] == [r.token_ids for r in rb]
     assert any(x.weights != pytest.approx(y.weights, abs=1e-3) for x, y in zip(ra, rb))
+
+
+def test_finished_output_is_not_silently_reused_with_other_settings(pair, problems_file, tmp_path):
+    from lightreasoner.errors import LightReasonerError
+
+    out = tmp_path / "s.jsonl"
+    first = sample(_cfg(pair, problems_file, out, max_problems=2), show_progress=False)
+    assert sample(_cfg(pair, problems_file, out, max_problems=2), show_progress=False) == first
+    for change in ({"beta": 0.3}, {"max_problems": 3}):
+        with pytest.raises(LightReasonerError, match="other settings"):
+            sample(_cfg(pair, problems_file, out, **{"max_problems": 2, **change}), show_progress=False)
+    redone = sample(_cfg(pair, problems_file, out, max_problems=2, beta=0.3, overwrite=True), show_progress=False)
+    assert redone["config"]["beta"] == 0.3

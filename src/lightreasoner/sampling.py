@@ -243,9 +243,16 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
 
     writer = ResumableWriter(cfg.out, fingerprint(cfg), overwrite=cfg.overwrite)
     if writer.complete:
-        log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
         spath = summary_path(cfg.out)
-        return json.loads(spath.read_text()) if spath.exists() else {}
+        summary = json.loads(spath.read_text()) if spath.exists() else {}
+        if summary.get("fingerprint", fingerprint(cfg)) != fingerprint(cfg) or (
+            summary.get("problems") is not None and summary["problems"] != len(problems)
+        ):
+            raise LightReasonerError(
+                f"{cfg.out} already holds samples made with other settings; choose another --out or pass --overwrite"
+            )
+        log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
+        return summary
     todo = [p for p in problems if p.index not in writer.done]
 
     if todo:
@@ -339,6 +346,7 @@ def summarize(cfg: SampleConfig, done: list[dict]) -> dict:
         "generation_seconds": sum(e["generation_s"] for e in done),
         "scoring_seconds": sum(e["scoring_s"] for e in done),
         "scoring": "reference" if cfg.reference_scoring else "teacher-forced",
+        "fingerprint": fingerprint(cfg),
         "config": {k: (repr(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(cfg).items()},
     }
 
