@@ -201,7 +201,3 @@ def section(data: dict, stage: str, stages: tuple[str, ...]) -> dict:
             raise LightReasonerError(f"config section {stage!r} must be a mapping")
         return sec
     return data
-
-
-def as_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import REASONING_GYM_PREFIX, iter_jsonl, reasoning_gym_problems
@@ -29,7 +29,6 @@ class Item:
     gold: str
     kind: str = "math"
     multiple: bool = False
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Both stop at the tokenizer's end tokens and return the decoded completion text.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -14,10 +13,6 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from ..models import end_token_ids
 
 log = logging.getLogger(__name__)
-
-
-class Generator(Protocol):
-    def generate(self, prompts: list[str]) -> list[str]: ...
 
 
 class HFGenerator:
