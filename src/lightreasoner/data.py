@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LightReasonerError
@@ -21,7 +21,6 @@ class Problem:
     index: int
     question: str
     answer: str | None = None
-    meta: dict = field(default_factory=dict)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -74,7 +73,7 @@ def load_problems(
                 break
             q = _question_of(obj, question_field, f"{path}:{lineno}")
             ans = obj.get(answer_field) if answer_field else None
-            problems.append(Problem(len(problems), q, None if ans is None else str(ans), {"line": lineno}))
+            problems.append(Problem(len(problems), q, None if ans is None else str(ans)))
     else:
         problems = _hub_problems(source, question_field, answer_field, max_problems, split)
     if not problems:
@@ -108,4 +107,4 @@ def reasoning_gym_problems(task: str, size: int, seed: int) -> list[Problem]:
         ds = reasoning_gym.create_dataset(task, size=size, seed=seed)
     except Exception as e:
         raise LightReasonerError(f"reasoning-gym task {task!r}: cannot create it ({e})") from e
-    return [Problem(i, e["question"], str(e["answer"]), {"task": task, "seed": seed}) for i, e in enumerate(ds)]
+    return [Problem(i, e["question"], str(e["answer"])) for i, e in enumerate(ds)]
