@@ -168,7 +168,9 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
             return value
         if isinstance(value, list) and "str" in ftype:
             return ",".join(str(v) for v in value)
-        return str(value) if not isinstance(value, dict) else value
+        if isinstance(value, dict):
+            raise TypeError
+        return str(value)
     except (TypeError, ValueError):
         raise LightReasonerError(f"{where}: option {name!r} expects {ftype}, got {value!r}") from None
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .errors import LightReasonerError
 
+EMBEDDED_PREFIX = "embedded:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,10 +59,10 @@ def resolve_source(spec: str, allow_pickle: bool = False, what: str = "model") -
     Raises :class:`LightReasonerError` for a path that does not exist, a directory
     without weights, or pickle-only weights without ``allow_pickle``.
     """
-    if spec.startswith("embedded:"):
+    if spec.startswith(EMBEDDED_PREFIX):
         from .offline import ensure_model
 
-        return ModelSource(str(ensure_model(spec.split(":", 1)[1])))
+        return ModelSource(str(ensure_model(spec[len(EMBEDDED_PREFIX) :])))
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return ModelSource(str(p.parent), p.name)
@@ -136,10 +137,11 @@ def end_token_ids(
     """Ids that end a generation: ``eos`` (the model's generation config), the tokenizer's
     EOS and, with ``chat_ends``, the chat end tokens the tokenizer knows (``<|im_end|>``, ...)."""
     ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    vocab = tokenizer.get_vocab()
     for tok in (tokenizer.eos_token, *(CHAT_END_TOKENS if chat_ends else ())):
-        if tok in vocab and vocab[tok] not in ids:
-            ids.append(vocab[tok])
+        i = tokenizer.convert_tokens_to_ids(tok) if tok else None
+        # unknown tokens map to the unk id (or None): keep only ids that really are ``tok``
+        if isinstance(i, int) and tokenizer.convert_ids_to_tokens(i) == tok and i not in ids:
+            ids.append(i)
     return ids
 
 

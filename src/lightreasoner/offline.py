@@ -20,9 +20,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import LightReasonerError
+from .models import EMBEDDED_PREFIX as PREFIX
 
 log = logging.getLogger(__name__)
-PREFIX = "embedded:"
 
 
 @dataclass(frozen=True)

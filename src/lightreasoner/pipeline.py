@@ -184,7 +184,7 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
     stages = [
         Stage(
             "baseline evaluation",
-            lambda: (run / "eval/baseline/summary.json").exists(),
+            lambda: (Path(configs["baseline"].out) / "summary.json").exists(),
             lambda: evaluate(configs["baseline"], show_progress),
         ),
         Stage(
@@ -192,13 +192,13 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
         ),
         Stage(
             "fine-tuning",
-            lambda: (run / "adapter" / TRAIN_SUMMARY).exists(),
+            lambda: (Path(configs["train"].output_dir) / TRAIN_SUMMARY).exists(),
             lambda: train(configs["train"], show_progress),
         ),
-        Stage("merge", lambda: (run / "merged/config.json").exists(), lambda: merge(configs["merge"])),
+        Stage("merge", lambda: (Path(configs["merge"].out) / "config.json").exists(), lambda: merge(configs["merge"])),
         Stage(
             "tuned evaluation",
-            lambda: (run / "eval/tuned/summary.json").exists(),
+            lambda: (Path(configs["tuned"].out) / "summary.json").exists(),
             lambda: evaluate(configs["tuned"], show_progress),
         ),
     ]
@@ -214,4 +214,4 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
         timings[stage.name] = time.perf_counter() - t0
         atomic_write_json(timings_path, timings)
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])
-    return write_report(run, cfg, timings, disjoint)
+    return write_report(run, cfg, configs, timings, disjoint)

@@ -159,16 +159,16 @@ class ResumableWriter:
         if not self.progress.exists() or self.progress.stat().st_size == 0:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.partial.write_bytes(b"")
-            _append_synced(self.progress, json.dumps({"fingerprint": self.fingerprint}) + "\n")
+            append_synced(self.progress, json.dumps({"fingerprint": self.fingerprint}) + "\n")
 
     def commit(self, index: int, records: Iterable[SoftLabelRecord], stats: dict) -> None:
         """Durably write one problem's records, then mark the problem done."""
         self._start()
         recs = list(records)
         if recs:
-            _append_synced(self.partial, "".join(r.to_json() + "\n" for r in recs))
+            append_synced(self.partial, "".join(r.to_json() + "\n" for r in recs))
         entry = {"index": index, "records": len(recs), **stats}
-        _append_synced(self.progress, json.dumps(entry) + "\n")
+        append_synced(self.progress, json.dumps(entry) + "\n")
         self.done[index] = entry
 
     def finish(self) -> None:
@@ -182,7 +182,8 @@ class ResumableWriter:
         self.progress.unlink(missing_ok=True)
 
 
-def _append_synced(path: Path, text: str) -> None:
+def append_synced(path: Path, text: str) -> None:
+    """Append ``text`` and wait until it is on disk."""
     with path.open("a", encoding="utf-8") as f:
         f.write(text)
         f.flush()

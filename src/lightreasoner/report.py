@@ -14,6 +14,7 @@ import yaml
 from .config import RunConfig
 from .evaluation.runner import display_name, load_summary, markdown_table
 from .records import atomic_write_json, atomic_write_text, summary_path
+from .training import TRAIN_SUMMARY
 
 PACKAGES = (
     "lightreasoner",
@@ -46,11 +47,11 @@ def _hms(seconds: float) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
-def gather(run: Path, cfg: RunConfig, timings: dict, disjoint_checked: int) -> dict:
+def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int) -> dict:
     """Every figure of the report, from the stages' own summaries."""
-    base, tuned = load_summary(run / "eval/baseline"), load_summary(run / "eval/tuned")
-    samples = json.loads(summary_path(run / "samples.jsonl").read_text())
-    train = json.loads((run / "adapter/train_summary.json").read_text())
+    base, tuned = load_summary(configs["baseline"].out), load_summary(configs["tuned"].out)
+    samples = json.loads(summary_path(configs["sample"].out).read_text())
+    train = json.loads((Path(configs["train"].output_dir) / TRAIN_SUMMARY).read_text())
     sampling_s, tuning_s = timings.get("sampling", 0.0), timings.get("fine-tuning", 0.0)
     accuracy = {
         name: {
@@ -252,8 +253,9 @@ def markdown(fig: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(run: Path, cfg: RunConfig, timings: dict, disjoint_checked: int = 0) -> dict:
-    fig = gather(run, cfg, timings, disjoint_checked)
+def write_report(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int = 0) -> dict:
+    """``configs``: the stage configs of :func:`lightreasoner.pipeline.stage_configs` (where outputs are)."""
+    fig = gather(run, cfg, configs, timings, disjoint_checked)
     fig["plots"] = plot(run, fig)
     atomic_write_json(run / "report.json", fig)
     atomic_write_text(run / "report.md", markdown(fig))

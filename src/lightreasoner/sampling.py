@@ -241,11 +241,12 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     tok_a = load_tokenizer(src_a, cfg.trust_remote_code)
     check_pair(tok, tok_a)
 
-    writer = ResumableWriter(cfg.out, fingerprint(cfg), overwrite=cfg.overwrite)
+    fp = fingerprint(cfg)
+    writer = ResumableWriter(cfg.out, fp, overwrite=cfg.overwrite)
     if writer.complete:
         spath = summary_path(cfg.out)
         summary = json.loads(spath.read_text()) if spath.exists() else {}
-        if summary.get("fingerprint", fingerprint(cfg)) != fingerprint(cfg) or (
+        if summary.get("fingerprint", fp) != fp or (
             summary.get("problems") is not None and summary["problems"] != len(problems)
         ):
             raise LightReasonerError(

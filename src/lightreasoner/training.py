@@ -245,15 +245,16 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     steps = trainer.state.global_step
+    updates = round(trainer.state.epoch * len(dataset))  # records that received a loss, repeats included
     summary = {
         "records": len(dataset),
         "trajectories": len({e.group for e in examples}),
         "tuned_tokens": len(dataset),
-        "record_updates": round(trainer.state.epoch * len(dataset)),
+        "record_updates": updates,
         "optimizer_steps": steps,
         "train_loss": result.training_loss,
         "seconds": seconds,
-        "seconds_per_record": seconds / max(1, round(trainer.state.epoch * len(dataset))),
+        "seconds_per_record": seconds / max(1, updates),
         "packed": cfg.pack,
         "config": asdict(cfg),
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +14,7 @@ from ..data import iter_jsonl
 from ..errors import LightReasonerError
 from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from ..prompts import build_prompt
-from ..records import atomic_write_json, atomic_write_text
+from ..records import append_synced, atomic_write_json, atomic_write_text
 from .benchmarks import get_benchmark, grade_completion, load_items
 from .generation import HFGenerator, VLLMGenerator, vllm_available
 
@@ -57,25 +56,19 @@ def read_done(path: Path) -> list[dict]:
     return [json.loads(x) for x in keep.decode().splitlines() if x.strip()]
 
 
-def _append(path: Path, rows: list[dict]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def check_backend(backend: str) -> str:
     """``auto`` → ``vllm`` when it is installed and a GPU is visible, else ``hf``."""
     if backend not in ("auto", "hf", "vllm"):
         raise LightReasonerError(f"--backend {backend!r}: choose auto, hf or vllm")
+    if backend == "auto":
+        return "vllm" if vllm_available() else "hf"
     if backend == "vllm" and not vllm_available():
         raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible")
-    return "vllm" if backend == "auto" and vllm_available() else backend if backend != "auto" else "hf"
+    return backend
 
 
-def make_generator(cfg: EvalConfig):
-    """The model (+ adapter) behind a generation backend, loaded once."""
-    backend = check_backend(cfg.backend)
+def make_generator(cfg: EvalConfig, backend: str):
+    """The model (+ adapter) behind a generation backend (``hf`` or ``vllm``), loaded once."""
     src = resolve_source(cfg.model, cfg.allow_pickle, "model")
     tok = load_tokenizer(src, cfg.trust_remote_code)
     if backend == "vllm":
@@ -102,18 +95,19 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise LightReasonerError("--max-new-tokens and --batch-size must be at least 1")
     names = benchmark_names(cfg.benchmarks)
-    check_backend(cfg.backend)
+    backend = check_backend(cfg.backend)
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     done = {n: read_done(out / f"{n}.jsonl") for n in names}
-    todo = {n: [it for it in items[n] if it.id not in {r["id"] for r in done[n]}] for n in names}
+    done_ids = {n: {r["id"] for r in done[n]} for n in names}
+    todo = {n: [it for it in items[n] if it.id not in done_ids[n]] for n in names}
     total, remaining = sum(map(len, items.values())), sum(map(len, todo.values()))
 
     t0 = time.perf_counter()
     tok = gen = None
     if remaining:
-        tok, gen = make_generator(cfg)
+        tok, gen = make_generator(cfg, backend)
     bar = tqdm(total=total, initial=total - remaining, desc="eval", unit="problem", disable=not show_progress)
     chunk = cfg.batch_size  # write (and resume) per generated batch
     for name in names:
@@ -137,7 +131,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
                         "multiple": it.multiple,
                     }
                 )
-            _append(out / f"{name}.jsonl", new)
+            append_synced(out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
             rows += new
             bar.update(len(part))
             bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / len(rows):.1f}")
@@ -145,7 +139,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
 
     results = {}
     for name in names:
-        rows = read_done(out / f"{name}.jsonl")
+        rows = done[name]  # the finished rows read at the start plus the ones just written
         correct = sum(bool(r["correct"]) for r in rows)
         results[name] = {"n": len(rows), "correct": correct, "accuracy": 100.0 * correct / max(1, len(rows))}
     summary = {
