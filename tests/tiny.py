@@ -72,6 +72,31 @@ def make_model(
     model.save_pretrained(out_dir)
 
 
+HOSTILE_GENERATION = {
+    "do_sample": True,
+    "temperature": 0.3,
+    "top_k": 3,
+    "top_p": 0.5,
+    "repetition_penalty": 5.0,
+    "no_repeat_ngram_size": 2,
+    "min_new_tokens": 50,
+    "bad_words_ids": [[5], [6]],
+}
+"""Sampling and penalty settings a published checkpoint may ship in generation_config.json."""
+
+
+def make_hostile_copy(src: Path, out_dir: Path) -> Path:
+    """A copy of the model in ``src`` whose generation_config.json sets :data:`HOSTILE_GENERATION`."""
+    import json
+    import shutil
+
+    shutil.copytree(src, out_dir)
+    path = out_dir / "generation_config.json"
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps({**cfg, **HOSTILE_GENERATION}))
+    return out_dir
+
+
 def make_pair(root: Path, expert_vocab: int = 420, amateur_vocab: int = 410) -> tuple[Path, Path]:
     """An expert (Qwen2) and an amateur (Llama) sharing one tokenizer; logit sizes differ."""
     exp, ama = root / "expert", root / "amateur"

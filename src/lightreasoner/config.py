@@ -48,7 +48,12 @@ class SampleConfig(ModelOptions):
     beta: float = opt(0.4, "keep steps with KL(expert||amateur) >= beta (nats); -inf keeps all")
     alpha: float = opt(0.2, "plausible tokens: p_E >= alpha * max p_E")
     max_new_tokens: int = opt(128, "trajectory length (prefix termination)")
-    batch_size: int = opt(8, "problems generated and scored together")
+    batch_size: int = opt(16, "most trajectories generated together (0: as many as fit in memory)")
+    expert_scoring: str = opt(
+        "generation",
+        "generation: the expert's distributions are the raw logits of its own greedy decoding (it runs once); "
+        "teacher-forced: a second forward pass over the finished trajectories",
+    )
     skip_first_step: bool = opt(True, "skip the first generated position, as the original release does")
     contrast: bool = opt(True, "contrastive labels; --no-contrast uses the expert's own renormalised distribution")
     system_prompt: str = opt(SAMPLING_SYSTEM_PROMPT, "system message of the chat template")

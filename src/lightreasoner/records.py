@@ -172,9 +172,18 @@ class ResumableWriter:
         self.done[index] = entry
 
     def finish(self) -> None:
-        """Publish ``OUT`` (atomically) and drop the progress file."""
+        """Publish ``OUT`` (atomically) with its records in problem order (problems finish
+        in any order), and drop the progress file."""
         self._start()
-        os.replace(self.partial, self.out)
+        lines = self.partial.read_bytes().splitlines(keepends=True)
+        lines.sort(key=lambda x: json.loads(x).get("problem_index", 0))  # stable: steps stay in order
+        tmp = self.partial.with_name(self.partial.name + ".sorted")
+        with tmp.open("wb") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.out)
+        self.partial.unlink(missing_ok=True)
         self.progress.unlink(missing_ok=True)
 
     def discard(self) -> None:

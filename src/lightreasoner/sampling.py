@@ -1,10 +1,13 @@
-"""Stage 1: expert trajectories, teacher-forced scoring of both models, soft labels.
+"""Stage 1: expert trajectories, the two models' distributions at every step, soft labels.
 
-Fast path: each batch of problems is generated together (left padding), then each
-model scores all trajectories of the batch in ONE teacher-forced forward pass; a
-causal LM's logits at position t depend only on ids ≤ t, so that pass gives the
-distribution at every step. ``reference_scoring`` instead runs one forward per prefix,
-the way the original release scores, and exists to validate the fast path.
+Fast path: the expert decodes many problems together (:func:`decoding.greedy_decode`) and
+its raw logits at each generated position are kept, so the expert runs once. As
+trajectories finish, the amateur scores a few of them in ONE teacher-forced forward pass
+(a causal LM's logits at position t depend only on ids ≤ t, so that pass gives the
+distribution at every step) and their steps are selected and labelled.
+``expert_scoring="teacher-forced"`` also runs the expert a second time that way;
+``reference_scoring`` runs one forward per prefix for both models, the way the original
+release scores, and exists to validate the fast path.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
+from .decoding import Completion, batch_capacity, greedy_decode
 from .errors import LightReasonerError
 from .models import (
     ModelSource,
@@ -42,12 +47,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Trajectory:
-    """An expert trajectory: ``prompt_ids`` (no padding) and greedy ``generated_ids``
-    (up to and including the first EOS, at most ``max_new_tokens``)."""
+    """An expert trajectory: ``prompt_ids`` (no padding) and greedy ``generated_ids`` (up to
+    and including the first end token, at most ``max_new_tokens``); ``expert_logits``
+    ``[len(generated_ids), vocab]`` are the raw logits that chose them, when kept."""
 
     problem: Problem
     prompt_ids: list[int]
     generated_ids: list[int]
+    expert_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -60,28 +67,29 @@ class StepLabel:
     kl: float
 
 
-@torch.inference_mode()
 def generate_trajectories(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     problems: list[Problem],
     system_prompt: str,
     max_new_tokens: int,
+    batch_size: int = 8,
+    keep_logits: bool = False,
+    on_result: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
-    """Greedy decoding (pure argmax of raw logits: no sampling, no penalties) of a batch."""
+    """Greedy trajectories (pure argmax of raw logits, see :mod:`decoding`), stopping at the
+    end of the assistant's turn; ``on_result`` gets each one as soon as it is finished."""
     prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
-    width = max(map(len, prompts))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    stops = end_token_ids(model.generation_config.eos_token_id, tokenizer)
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
-    trajs = []
-    for prob, prompt, row in zip(problems, prompts, out[:, width:].tolist()):
-        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        trajs.append(Trajectory(prob, prompt, row[:cut]))
-    return trajs
+    stops = end_token_ids(model.generation_config.eos_token_id, tokenizer, chat_ends=True)
+
+    def wrap(i: int, comp: Completion) -> Trajectory:
+        return Trajectory(problems[i], prompts[i], comp.ids, comp.logits)
+
+    callback = None if on_result is None else (lambda i, comp: on_result(wrap(i, comp)))
+    comps = greedy_decode(
+        model, prompts, max_new_tokens, stops, tokenizer.pad_token_id, batch_size, keep_logits, on_result=callback
+    )
+    return [wrap(i, c) for i, c in enumerate(comps)]
 
 
 def truncate_to_vocab(trajs: list[Trajectory], vocab: int) -> int:
@@ -92,6 +100,8 @@ def truncate_to_vocab(trajs: list[Trajectory], vocab: int) -> int:
         bad = next((i for i, tok in enumerate(t.generated_ids) if tok >= vocab), None)
         if bad is not None:
             t.generated_ids = t.generated_ids[:bad]
+            if t.expert_logits is not None:
+                t.expert_logits = t.expert_logits[:bad]
             cut += 1
     return cut
 
@@ -112,7 +122,7 @@ def _batch_tensors(trajs: list[Trajectory], pad: int, device) -> tuple[torch.Ten
 def teacher_forced_logits(model: PreTrainedModel, trajs: list[Trajectory], pad: int) -> list[torch.Tensor]:
     """One forward over prompt + trajectory per sequence (batched).
 
-    Returns, per trajectory, float32 logits ``[n, vocab]`` where row s is the
+    Returns, per trajectory, the raw logits ``[n, vocab]`` (model dtype) where row s is the
     distribution over ``generated_ids[s]`` given the prompt and ``generated_ids[:s]``.
     """
     ids, mask, width, gmax = _batch_tensors(trajs, pad, model.device)
@@ -120,7 +130,7 @@ def teacher_forced_logits(model: PreTrainedModel, trajs: list[Trajectory], pad: 
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=gmax + 1
     ).logits  # [B, G+1, V]; index j is position width-1+j, predicting generated token j
-    return [logits[i, : len(t.generated_ids)].float() for i, t in enumerate(trajs)]
+    return [logits[i, : len(t.generated_ids)] for i, t in enumerate(trajs)]
 
 
 @torch.inference_mode()
@@ -210,6 +220,7 @@ def fingerprint(cfg: SampleConfig) -> dict:
         "max_new_tokens",
         "skip_first_step",
         "contrast",
+        "expert_scoring",
         "system_prompt",
         "seed",
         "dtype",
@@ -224,9 +235,12 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError(f"--alpha {cfg.alpha}: must be in (0, 1]")
     if math.isnan(cfg.beta):
         raise LightReasonerError("--beta: must be a number (or -inf to keep every step)")
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise LightReasonerError(f"--{name.replace('_', '-')}: must be at least 1")
+    if cfg.max_new_tokens < 1:
+        raise LightReasonerError("--max-new-tokens: must be at least 1")
+    if cfg.batch_size < 0:
+        raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
+    if cfg.expert_scoring not in ("generation", "teacher-forced"):
+        raise LightReasonerError(f"--expert-scoring {cfg.expert_scoring!r}: choose generation or teacher-forced")
     if cfg.max_problems is not None and cfg.max_problems < 1:
         raise LightReasonerError("--max-problems: must be at least 1")
 
@@ -271,6 +285,10 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     return summary
 
 
+SCORING_CHUNK = 4
+"""Trajectories scored together: bounds the float32 ``[chunk, steps, vocab]`` logits held at once."""
+
+
 def _sample_batches(
     cfg: SampleConfig,
     todo: list[Problem],
@@ -281,7 +299,7 @@ def _sample_batches(
     tok: PreTrainedTokenizerBase,
     show_progress: bool,
 ) -> None:
-    """Generate, score and commit ``todo`` batch by batch."""
+    """Generate ``todo``; score and commit finished trajectories a few at a time."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
@@ -289,43 +307,52 @@ def _sample_batches(
     start = 1 if cfg.skip_first_step else 0
     shared = min(logit_vocab_size(expert), logit_vocab_size(amateur))
     pad = tok.pad_token_id
+    from_generation = cfg.expert_scoring == "generation" and not cfg.reference_scoring
+    longest = max(len(encode_prompt(tok, p.question, cfg.system_prompt)) for p in todo)
+    batch = batch_capacity(expert, longest + cfg.max_new_tokens, cfg.batch_size, keep_logits=from_generation)
 
-    bar = tqdm(
-        total=total,
-        initial=total - len(todo),
-        desc="sampling",
-        unit="problem",
-        disable=not show_progress,
-    )
-    for b in range(0, len(todo), cfg.batch_size):
-        batch = todo[b : b + cfg.batch_size]
-        t0 = time.perf_counter()
-        trajs = generate_trajectories(expert, tok, batch, cfg.system_prompt, cfg.max_new_tokens)
+    bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="problem", disable=not show_progress)
+    buffer: list[Trajectory] = []
+    clock = {"mark": time.perf_counter()}
+
+    def score(trajs: list[Trajectory]) -> None:
+        t1 = time.perf_counter()
         if truncate_to_vocab(trajs, shared):
             log.warning("a trajectory used ids outside the amateur's vocabulary; cut before them")
-        t1 = time.perf_counter()
         if cfg.reference_scoring:
             le = [reference_logits(expert, t, start) for t in trajs]
             la = [reference_logits(amateur, t, start) for t in trajs]
         else:
-            le = teacher_forced_logits(expert, trajs, pad)
             la = teacher_forced_logits(amateur, trajs, pad)
-        per_problem = []
+            le = [t.expert_logits for t in trajs] if from_generation else teacher_forced_logits(expert, trajs, pad)
+        done = []
         for t, e, a in zip(trajs, le, la):
             labels, kls = label_steps(e, a, cfg.beta, cfg.alpha, start, cfg.contrast)
-            per_problem.append((t, to_records(t, labels, tok, cfg.expert, cfg.amateur), kls))
+            done.append((t, to_records(t, labels, tok, cfg.expert, cfg.amateur), kls))
         t2 = time.perf_counter()
-        for t, recs, kls in per_problem:
+        for t, recs, kls in done:
             stats = {
                 "trajectory_tokens": len(t.generated_ids),
                 "kl": [round(k, 5) for k in kls],
-                "generation_s": (t1 - t0) / len(batch),
-                "scoring_s": (t2 - t1) / len(batch),
+                "generation_s": (t1 - clock["mark"]) / len(trajs),
+                "scoring_s": (t2 - t1) / len(trajs),
             }
             writer.commit(t.problem.index, recs, stats)
-        n_rec = sum(e["records"] for e in writer.done.values())
-        bar.set_postfix(records=n_rec)
-        bar.update(len(batch))
+        clock["mark"] = time.perf_counter()
+        bar.set_postfix(records=sum(e["records"] for e in writer.done.values()))
+        bar.update(len(trajs))
+
+    def finished(traj: Trajectory) -> None:
+        buffer.append(traj)
+        if len(buffer) >= SCORING_CHUNK:
+            score(buffer[:])
+            buffer.clear()
+
+    generate_trajectories(
+        expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, batch, from_generation, on_result=finished
+    )
+    if buffer:
+        score(buffer)
     bar.close()
 
 
@@ -346,7 +373,7 @@ def summarize(cfg: SampleConfig, done: list[dict]) -> dict:
         "kl_histogram": kl_histogram(kls),
         "generation_seconds": sum(e["generation_s"] for e in done),
         "scoring_seconds": sum(e["scoring_s"] for e in done),
-        "scoring": "reference" if cfg.reference_scoring else "teacher-forced",
+        "scoring": "reference" if cfg.reference_scoring else cfg.expert_scoring,
         "fingerprint": fingerprint(cfg),
         "config": {k: (repr(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(cfg).items()},
     }

@@ -1,0 +1,294 @@
+"""The one place that decides how text is decoded: settings for every backend, and the
+batched greedy decoder that sampling and evaluation share.
+
+Greedy means the argmax of the model's raw logits at every step — no temperature, no
+top-k/top-p, no repetition or n-gram penalties, no minimum length — whatever the
+checkpoint's ``generation_config.json`` holds. :func:`greedy_decode` runs its own loop
+over the model's forward pass, so no processor of the checkpoint's config can enter;
+:func:`greedy_sampling_params` gives vLLM the same settings.
+
+The decoder keeps a batch full: prompts are taken longest first, a finished sequence
+leaves the batch at once (its rows of the KV cache are dropped) and waiting prompts take
+its place (their prompts are run and their KV rows joined to the batch, left-padded to
+the batch's width). Every row keeps its own position ids, so a row's logits do not
+depend on which other rows share its batch, up to floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+log = logging.getLogger(__name__)
+
+def greedy_sampling_params(max_new_tokens: int, stop_ids: list[int]):
+    """vLLM ``SamplingParams`` for the same decoding: temperature 0 (argmax; vLLM then turns
+    top-p/top-k/min-p off), no penalty, stop at ``stop_ids``. Engines are built with
+    ``generation_config="vllm"`` (:func:`vllm_engine_args`) so the checkpoint adds nothing."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1,
+        temperature=0.0,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        min_tokens=0,
+        max_tokens=max_new_tokens,
+        stop_token_ids=list(stop_ids),
+        skip_special_tokens=True,
+    )
+
+
+def vllm_engine_args() -> dict:
+    """Engine arguments that keep a checkpoint's ``generation_config.json`` out of decoding."""
+    return {"generation_config": "vllm"}
+
+
+@dataclass
+class Completion:
+    """One decoded sequence: ``ids`` up to and including the first stop id, at most the
+    budget; ``finished`` is False when the budget ran out first; ``logits`` (when asked)
+    are the raw logits ``[len(ids), vocab]`` (model dtype) that chose each id."""
+
+    ids: list[int]
+    finished: bool
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class _Rows:
+    """The batch being decoded: per row its prompt index, ids so far and kept logits."""
+
+    index: list[int] = field(default_factory=list)
+    ids: list[list[int]] = field(default_factory=list)
+    logits: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+class _Batch:
+    """One model's KV cache over a changing set of rows (left-padded, own position ids)."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [B, L] 1 where the cache column holds a token
+        self.pos: torch.Tensor | None = None  # [B] position id of the next token
+
+    @property
+    def size(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    def can_join(self) -> bool:
+        """Rows can join a running batch only when every cache layer is a plain dynamic one."""
+        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    @torch.inference_mode()
+    def admit(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Run ``prompts`` and add them as new last rows; returns their next-token logits ``[n, V]``."""
+        dev = self.model.device
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        new_pos = mask.sum(-1)
+        if self.cache is None:
+            self.cache, self.mask, self.pos = out.past_key_values, mask, new_pos
+        else:
+            self._join(out.past_key_values, mask, new_pos)
+        return out.logits[:, -1]
+
+    def _join(self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
+        width = max(self.mask.shape[1], mask.shape[1])
+
+        def left_pad(x: torch.Tensor, dim: int) -> torch.Tensor:
+            n = width - x.shape[dim]
+            if n == 0:
+                return x
+            shape = list(x.shape)
+            shape[dim] = n
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], 0)
+            old.values = torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], 0)
+        self.mask = torch.cat([left_pad(self.mask, 1), left_pad(mask, 1)], 0)
+        self.pos = torch.cat([self.pos, pos], 0)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row ``[B]``; returns the next-token logits ``[B, V]``."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.size, 1)], 1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.pos = self.pos + 1
+        return out.logits[:, -1]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices into the batch) and drop cache columns no row uses."""
+        if rows.numel() == 0:
+            self.cache = self.mask = self.pos = None
+            return
+        self.cache.batch_select_indices(rows)
+        self.mask, self.pos = self.mask[rows], self.pos[rows]
+        if self.can_join():
+            first = int(self.mask.any(0).nonzero()[0])
+            if first:
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                self.mask = self.mask[:, first:]
+
+
+Combine = Callable[[list[torch.Tensor]], torch.Tensor]
+"""Turns the next-token logits of each model (``[B, V]`` each) into the scores whose
+argmax is the next token; plain greedy decoding has one model and takes its logits."""
+
+
+def _first(logits: list[torch.Tensor]) -> torch.Tensor:
+    return logits[0]
+
+
+def greedy_decode(
+    models: PreTrainedModel | list[PreTrainedModel],
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+    batch_size: int,
+    keep_logits: bool = False,
+    combine: Combine = _first,
+    on_result: Callable[[int, Completion], None] | None = None,
+) -> list[Completion]:
+    """Greedy completions of ``prompts`` (token ids, no padding), in input order.
+
+    At most ``batch_size`` sequences are decoded together; finished ones leave the batch and
+    waiting prompts (longest first) take their place. With several ``models`` each keeps its
+    own cache and ``combine`` turns their logits into scores (contrastive decoding); the
+    kept logits are always the first model's. ``on_result(i, completion)`` is called as soon
+    as prompt ``i`` is finished. On out-of-memory the running sequences are restarted with
+    half the batch size (results do not change: decoding is deterministic).
+    """
+    models = models if isinstance(models, list) else [models]
+    results: dict[int, Completion] = {}
+    queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    stops = set(stop_ids)
+    while queue:
+        try:
+            _decode(models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine,
+                    results, on_result)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            log.warning("out of memory; decoding again with batch size %d", batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            queue = sorted((i for i in range(len(prompts)) if i not in results), key=lambda i: -len(prompts[i]))
+    return [results[i] for i in range(len(prompts))]
+
+
+def _decode(models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine, results,
+            on_result) -> None:
+    batches = [_Batch(m) for m in models]
+    rows = _Rows()
+    pending = torch.empty(0, dtype=torch.long)  # [B] the token each row feeds next
+    refill_at = max(1, batch_size // 8)  # join new prompts once this many slots are free
+
+    def choose(logits: list[torch.Tensor], start: int) -> None:
+        """Pick the next token of rows ``start:``; finish rows that stop or reach the budget."""
+        nonlocal pending
+        tokens = combine(logits).argmax(-1)
+        for r, tok in enumerate(tokens.tolist(), start):
+            rows.ids[r].append(tok)
+            if keep_logits:
+                rows.logits[r].append(logits[0][r - start].clone())
+        pending = torch.cat([pending[:start], tokens.to(pending.device)])
+
+    while queue or rows.index:
+        free = batch_size - len(rows.index)
+        if queue and (free >= refill_at or not rows.index) and all(b.can_join() for b in batches):
+            take = [queue.pop(0) for _ in range(min(free, len(queue)))]
+            start = len(rows.index)
+            logits = [b.admit([prompts[i] for i in take], pad_id) for b in batches]
+            pending = pending.to(logits[0].device)
+            rows.index += take
+            rows.ids += [[] for _ in take]
+            rows.logits += [[] for _ in take]
+            choose(logits, start)
+        else:
+            choose([b.step(pending) for b in batches], 0)
+        done = [
+            r for r, ids in enumerate(rows.ids) if ids[-1] in stops or len(ids) >= max_new_tokens
+        ]
+        if not done:
+            continue
+        for r in done:
+            ids = rows.ids[r]
+            logits = torch.stack(rows.logits[r]) if keep_logits else None
+            comp = Completion(ids, ids[-1] in stops, logits)
+            results[rows.index[r]] = comp
+            if on_result is not None:
+                on_result(rows.index[r], comp)
+        keep = [r for r in range(len(rows.index)) if r not in set(done)]
+        rows.index = [rows.index[r] for r in keep]
+        rows.ids = [rows.ids[r] for r in keep]
+        rows.logits = [rows.logits[r] for r in keep]
+        idx = torch.tensor(keep, dtype=torch.long, device=pending.device)
+        pending = pending[idx]
+        for b in batches:
+            b.keep(idx)
+
+
+def batch_capacity(
+    model: PreTrainedModel, max_tokens: int, requested: int, keep_logits: bool = False, fraction: float = 0.5
+) -> int:
+    """Sequences that fit in ``fraction`` of the free memory of the model's device, each up
+    to ``max_tokens`` long (KV cache, plus its logits when ``keep_logits``), at most
+    ``requested``; ``requested = 0`` means as many as fit, up to 256."""
+    per_token = kv_bytes_per_token(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    elt = torch.finfo(model.dtype).bits // 8
+    per_row = per_token * max_tokens + vocab * 4 * 4  # the step's logits and their float32 scores
+    if keep_logits:
+        per_row += vocab * elt * max_tokens
+    fit = max(1, int(free_memory(model.device) * fraction // per_row))
+    cap = requested if requested > 0 else 256
+    return max(1, min(cap, fit))
+
+
+def kv_bytes_per_token(model: PreTrainedModel) -> int:
+    """Bytes of KV cache one token takes (all layers, keys and values, model dtype)."""
+    cfg = model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elt = torch.finfo(model.dtype).bits // 8
+    return 2 * cfg.num_hidden_layers * heads * head_dim * elt
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: CUDA's free memory, or the system's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
