@@ -3,8 +3,8 @@
 import math
 
 import pytest
-import torch
 import tiny
+import torch
 from conftest import gsm8k_questions
 
 from lightreasoner.config import SampleConfig
@@ -73,8 +73,14 @@ def test_decoder_stops_at_each_stop_id(pair):
 def test_sampled_steps_are_the_argmax_of_a_plain_forward(hostile, pair, problems_file, tmp_path):
     out = tmp_path / "s.jsonl"
     cfg = SampleConfig(
-        expert=str(hostile), amateur=str(pair[1]), data=str(problems_file), out=str(out), max_problems=3,
-        max_new_tokens=16, batch_size=2, beta=-math.inf,
+        expert=str(hostile),
+        amateur=str(pair[1]),
+        data=str(problems_file),
+        out=str(out),
+        max_problems=3,
+        max_new_tokens=16,
+        batch_size=2,
+        beta=-math.inf,
     )
     sample(cfg, show_progress=False)
     model = load_model(str(hostile))
@@ -93,8 +99,14 @@ def test_expert_scoring_from_generation_equals_teacher_forced(pair, problems_fil
     for mode in ("generation", "teacher-forced"):
         out = tmp_path / f"{mode}.jsonl"
         cfg = SampleConfig(
-            expert=str(pair[0]), amateur=str(pair[1]), data=str(problems_file), out=str(out), max_problems=5,
-            max_new_tokens=20, batch_size=2, expert_scoring=mode,
+            expert=str(pair[0]),
+            amateur=str(pair[1]),
+            data=str(problems_file),
+            out=str(out),
+            max_problems=5,
+            max_new_tokens=20,
+            batch_size=2,
+            expert_scoring=mode,
         )
         summary = sample(cfg, show_progress=False)
         runs[mode] = (read_records(out), summary)
@@ -111,8 +123,11 @@ def test_generation_logits_equal_teacher_forced_logits(pair):
     tok, expert, amateur = load_tokenizer(str(pair[0])), load_model(str(pair[0])), load_model(str(pair[1]))
     problems = [Problem(i, q) for i, q in enumerate(gsm8k_questions(4))]
     trajs = generate_trajectories(expert, tok, problems, SAMPLING_SYSTEM_PROMPT, 12, batch_size=3, keep_logits=True)
-    for t, tf, a in zip(trajs, teacher_forced_logits(expert, trajs, tok.pad_token_id),
-                        teacher_forced_logits(amateur, trajs, tok.pad_token_id)):
+    for t, tf, a in zip(
+        trajs,
+        teacher_forced_logits(expert, trajs, tok.pad_token_id),
+        teacher_forced_logits(amateur, trajs, tok.pad_token_id),
+    ):
         assert torch.allclose(t.expert_logits, tf, atol=1e-4)
         shared = min(t.expert_logits.shape[-1], a.shape[-1])
         assert label_steps(t.expert_logits, a, 0.1, 0.2)[1] == pytest.approx(label_steps(tf, a, 0.1, 0.2)[1], abs=1e-4)

@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 
 log = logging.getLogger(__name__)
 
+
 def greedy_sampling_params(max_new_tokens: int, stop_ids: list[int]):
     """vLLM ``SamplingParams`` for the same decoding: temperature 0 (argmax; vLLM then turns
     top-p/top-k/min-p off), no penalty, stop at ``stop_ids``. Engines are built with
@@ -97,7 +98,12 @@ class _Batch:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         new_pos = mask.sum(-1)
         if self.cache is None:
@@ -187,8 +193,19 @@ def greedy_decode(
     stops = set(stop_ids)
     while queue:
         try:
-            _decode(models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine,
-                    results, on_result)
+            _decode(
+                models,
+                prompts,
+                queue,
+                max_new_tokens,
+                stops,
+                pad_id,
+                batch_size,
+                keep_logits,
+                combine,
+                results,
+                on_result,
+            )
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -200,8 +217,9 @@ def greedy_decode(
     return [results[i] for i in range(len(prompts))]
 
 
-def _decode(models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine, results,
-            on_result) -> None:
+def _decode(
+    models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine, results, on_result
+) -> None:
     batches = [_Batch(m) for m in models]
     rows = _Rows()
     pending = torch.empty(0, dtype=torch.long)  # [B] the token each row feeds next
@@ -230,9 +248,7 @@ def _decode(models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, k
             choose(logits, start)
         else:
             choose([b.step(pending) for b in batches], 0)
-        done = [
-            r for r, ids in enumerate(rows.ids) if ids[-1] in stops or len(ids) >= max_new_tokens
-        ]
+        done = [r for r, ids in enumerate(rows.ids) if ids[-1] in stops or len(ids) >= max_new_tokens]
         if not done:
             continue
         for r in done:
@@ -290,5 +306,3 @@ def free_memory(device: torch.device) -> int:
     except OSError:
         pass
     return 8 * 2**30
-
-
