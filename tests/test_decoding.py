@@ -148,3 +148,23 @@ def test_trajectories_end_at_the_end_of_the_turn(pair, tmp_path):
     (traj,) = generate_trajectories(model, tok, [Problem(0, gsm8k_questions(1)[0])], SAMPLING_SYSTEM_PROMPT, 20)
     assert traj.generated_ids[-1] == im_end and im_end not in traj.generated_ids[:-1]
     assert len(traj.generated_ids) <= 4
+
+
+def test_out_of_memory_restarts_with_half_the_batch(pair, monkeypatch):
+    from lightreasoner import decoding
+
+    tok, model = load_tokenizer(str(pair[0])), load_model(str(pair[0]))
+    prompts = [encode_prompt(tok, q, SAMPLING_SYSTEM_PROMPT) for q in gsm8k_questions(6)]
+    expected = [argmax_decode(model, p, 6, {0}) for p in prompts]
+    real, sizes = decoding._Batch.step, []
+
+    def limited(self, tokens):
+        sizes.append(len(tokens))
+        if len(tokens) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, tokens)
+
+    monkeypatch.setattr(decoding._Batch, "step", limited)
+    got = greedy_decode(model, prompts, 6, [0], tok.pad_token_id, 8)
+    assert [c.ids for c in got] == expected
+    assert sizes[:2] == [6, 4] and max(sizes[2:]) == 2

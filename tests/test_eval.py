@@ -6,7 +6,9 @@ import tiny
 from conftest import SHARED_DATA
 
 from lightreasoner.cli import main
+from lightreasoner.config import EvalConfig
 from lightreasoner.evaluation.benchmarks import PAPER_BENCHMARKS
+from lightreasoner.evaluation.runner import evaluate
 
 ALL = ",".join([*PAPER_BENCHMARKS, "math500"])
 
@@ -117,28 +119,36 @@ def test_eval_bad_input(pair, tmp_path, capsys):
     assert "g.jsonl:1: no 'gold' field" in capsys.readouterr().err
 
 
-def test_generation_halves_the_batch_on_out_of_memory(pair, monkeypatch):
+def test_eval_completions_are_the_plain_argmax_whatever_the_checkpoint_says(pair, tmp_path):
+    """A checkpoint asking for sampling and penalties is still decoded by pure argmax."""
     import torch
+    from test_decoding import argmax_decode
 
-    from lightreasoner.evaluation.generation import HFGenerator
     from lightreasoner.models import load_model, load_tokenizer
+    from lightreasoner.prompts import build_prompt
 
-    tok = load_tokenizer(str(pair[0]))
-    gen = HFGenerator(load_model(str(pair[0])), tok, 6, batch_size=8)
-    prompts = [f"Question {i}: how many apples?" for i in range(6)]
-    expected = [HFGenerator(gen.model, tok, 6, 1).generate([p])[0] for p in prompts]
-    real = gen._batch
-    sizes = []
-
-    def limited(batch):
-        sizes.append(len(batch))
-        if len(batch) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(batch)
-
-    monkeypatch.setattr(gen, "_batch", limited)
-    assert gen.generate(prompts) == expected
-    assert gen.batch_size == 2 and sizes[:3] == [6, 4, 2]
+    hostile = tiny.make_hostile_copy(pair[0], tmp_path / "hostile")
+    cfg = EvalConfig(
+        model=str(hostile),
+        benchmarks="gsm8k",
+        data_dir=str(SHARED_DATA),
+        limit=5,
+        max_new_tokens=12,
+        batch_size=2,
+        out=str(tmp_path / "o"),
+    )
+    summary = evaluate(cfg, show_progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "gsm8k.jsonl").read_text().splitlines()]
+    tok, model = load_tokenizer(str(hostile)), load_model(str(hostile), torch.float32)
+    stops = {0, tok.convert_tokens_to_ids("<|im_end|>")}
+    for row in rows:
+        prompt = tok(build_prompt(tok, row["problem"], cfg.system_prompt), add_special_tokens=False)["input_ids"]
+        ref = argmax_decode(model, prompt, 12, stops)
+        assert row["completion"] == tok.decode([t for t in ref if t not in stops], skip_special_tokens=True)
+        assert row["tokens"] == len(ref) and row["cut_off"] == (ref[-1] not in stops)
+    res = summary["results"]["gsm8k"]
+    assert res["n"] == 5 and res["cut_off"] == sum(r["cut_off"] for r in rows)
+    assert res["cut_off_share"] == res["cut_off"] / 5
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(pair, tmp_path, capsys):

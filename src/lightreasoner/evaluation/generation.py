@@ -1,62 +1,66 @@
-"""Greedy generation backends: batched transformers (any device) and optional vLLM.
-
-Both stop at the tokenizer's end tokens and return the decoded completion text.
-"""
+"""Greedy generation backends: transformers (any device, :func:`decoding.greedy_decode`)
+and optional vLLM. Both take a whole benchmark at once, decode with the settings of
+:mod:`decoding`, stop at the end of the assistant's turn, and report each completion as
+soon as it is finished."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..decoding import batch_capacity, greedy_decode, greedy_sampling_params, vllm_engine_args
 from ..models import end_token_ids
 
 log = logging.getLogger(__name__)
 
+VLLM_CHUNK = 2048
+"""Prompts per vLLM call: large enough for continuous batching, small enough to resume."""
+
+
+@dataclass
+class Generated:
+    """A completion: its text (end token excluded), how many tokens it took, and whether
+    the budget ran out before the model ended its turn."""
+
+    text: str
+    tokens: int
+    cut_off: bool
+
+
+OnResult = Callable[[int, Generated], None]
+
 
 class HFGenerator:
-    """Batched greedy decoding with left padding; halves the batch on out-of-memory."""
+    """Greedy decoding of many prompts with a batch kept full (refill as sequences finish)."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, batch_size: int
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, batch_size: int = 0
     ):
         self.model, self.tok = model, tokenizer
-        self.batch_size = batch_size
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.stops = end_token_ids(model.generation_config.eos_token_id, tokenizer, chat_ends=True)
-        self.config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stops, pad_token_id=tokenizer.pad_token_id
+
+    def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
+        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if not ids:
+            return []
+        batch = batch_capacity(self.model, max(map(len, ids)) + self.max_new_tokens, self.batch_size)
+
+        def wrap(i: int, comp) -> Generated:
+            body = comp.ids[:-1] if comp.finished else comp.ids
+            return Generated(self.tok.decode(body, skip_special_tokens=True), len(comp.ids), not comp.finished)
+
+        callback = None if on_result is None else (lambda i, comp: on_result(i, wrap(i, comp)))
+        comps = greedy_decode(
+            self.model, ids, self.max_new_tokens, self.stops, self.tok.pad_token_id, batch, on_result=callback
         )
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together
-        out: dict[int, str] = {}
-        i = 0
-        while i < len(order):
-            idx = order[i : i + self.batch_size]
-            try:
-                texts = self._batch([prompts[j] for j in idx])
-            except torch.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size //= 2
-                log.warning("out of memory; batch size lowered to %d", self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            out.update(zip(idx, texts))
-            i += len(idx)
-        return [out[j] for j in range(len(prompts))]
-
-    @torch.inference_mode()
-    def _batch(self, prompts: list[str]) -> list[str]:
-        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-        seqs = self.model.generate(**enc, generation_config=self.config)[:, enc["input_ids"].shape[1] :]
-        texts = []
-        for row in seqs.tolist():
-            cut = next((k for k, t in enumerate(row) if t in self.stops), len(row))
-            texts.append(self.tok.decode(row[:cut], skip_special_tokens=True))
-        return texts
+        return [wrap(i, c) for i, c in enumerate(comps)]
 
 
 class VLLMGenerator:
@@ -71,19 +75,37 @@ class VLLMGenerator:
         adapter: str | None = None,
         trust_remote_code: bool = False,
     ):
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        self.llm = LLM(model=model, dtype=dtype, enable_lora=adapter is not None, trust_remote_code=trust_remote_code)
+        lora = {"enable_lora": True, "max_lora_rank": lora_rank_slot(adapter)} if adapter else {}
+        self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **lora, **vllm_engine_args())
         eos = self.llm.get_tokenizer().eos_token_id
-        self.params = SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=end_token_ids(eos, tokenizer, chat_ends=True)
-        )
+        self.params = greedy_sampling_params(max_new_tokens, end_token_ids(eos, tokenizer, chat_ends=True))
         self.lora = LoRARequest("adapter", 1, adapter) if adapter else None
 
-    def generate(self, prompts: list[str]) -> list[str]:
-        outs = self.llm.generate(prompts, self.params, lora_request=self.lora, use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
+    def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
+        results: list[Generated] = []
+        for start in range(0, len(prompts), VLLM_CHUNK):
+            outs = self.llm.generate(
+                prompts[start : start + VLLM_CHUNK], self.params, lora_request=self.lora, use_tqdm=False
+            )
+            for i, o in enumerate(outs, start):
+                c = o.outputs[0]
+                gen = Generated(c.text, len(c.token_ids), c.finish_reason == "length")
+                results.append(gen)
+                if on_result is not None:
+                    on_result(i, gen)
+        return results
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_slot(adapter: str) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds the adapter's rank ``r``."""
+    r = int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+    return next((k for k in VLLM_LORA_RANKS if k >= r), r)
 
 
 def vllm_available() -> bool:

@@ -56,6 +56,12 @@ def read_done(path: Path) -> list[dict]:
     return [json.loads(x) for x in keep.decode().splitlines() if x.strip()]
 
 
+def in_order(rows: list[dict], items: list) -> list[dict]:
+    """The rows of the current ``items`` (by id), in the items' order, each once."""
+    by_id = {r["id"]: r for r in rows}
+    return [by_id[it.id] for it in items if it.id in by_id]
+
+
 def check_backend(backend: str) -> str:
     """``auto`` → ``vllm`` when it is installed and a GPU is visible, else ``hf``."""
     if backend not in ("auto", "hf", "vllm"):
@@ -92,14 +98,17 @@ def run_name(cfg: EvalConfig) -> str:
 
 def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     """Evaluate ``cfg.model`` on each benchmark; writes per-problem files, summary and table."""
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise LightReasonerError("--max-new-tokens and --batch-size must be at least 1")
+    if cfg.max_new_tokens < 1:
+        raise LightReasonerError("--max-new-tokens: must be at least 1")
+    if cfg.batch_size < 0:
+        raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
     names = benchmark_names(cfg.benchmarks)
     backend = check_backend(cfg.backend)
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    done = {n: read_done(out / f"{n}.jsonl") for n in names}
+    saved = {n: read_done(out / f"{n}.jsonl") for n in names}
+    done = {n: in_order(saved[n], items[n]) for n in names}  # rows outside the selection are kept, not counted
     done_ids = {n: {r["id"] for r in done[n]} for n in names}
     todo = {n: [it for it in items[n] if it.id not in done_ids[n]] for n in names}
     total, remaining = sum(map(len, items.values())), sum(map(len, todo.values()))
@@ -109,39 +118,56 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     if remaining:
         tok, gen = make_generator(cfg, backend)
     bar = tqdm(total=total, initial=total - remaining, desc="eval", unit="problem", disable=not show_progress)
-    chunk = cfg.batch_size  # write (and resume) per generated batch
     for name in names:
         bench = get_benchmark(name)
-        rows = done[name]
+        path = out / f"{name}.jsonl"
+        rows = list(done[name])  # for the running accuracy
+        new: list[dict] = []
         bar.set_description(name)
-        for start in range(0, len(todo[name]), chunk):
-            part = todo[name][start : start + chunk]
-            completions = gen.generate([build_prompt(tok, it.question, cfg.system_prompt) for it in part])
-            new = []
-            for it, comp in zip(part, completions):
-                pred, ok = grade_completion(it.kind, comp, it.gold, bench.strip_units, it.multiple)
-                new.append(
-                    {
-                        "id": it.id,
-                        "problem": it.question,
-                        "gold": it.gold,
-                        "completion": comp,
-                        "extracted": pred,
-                        "correct": ok,
-                        "multiple": it.multiple,
-                    }
-                )
-            append_synced(out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
-            rows += new
-            bar.update(len(part))
+        part = todo[name]
+
+        def finished(i: int, g, part=part, bench=bench, rows=rows, new=new, path=path) -> None:
+            it = part[i]
+            pred, ok = grade_completion(it.kind, g.text, it.gold, bench.strip_units, it.multiple)
+            row = {
+                "id": it.id,
+                "problem": it.question,
+                "gold": it.gold,
+                "completion": g.text,
+                "extracted": pred,
+                "correct": ok,
+                "multiple": it.multiple,
+                "tokens": g.tokens,
+                "cut_off": g.cut_off,
+            }
+            append_synced(path, json.dumps(row, ensure_ascii=False) + "\n")
+            rows.append(row)
+            new.append(row)
+            bar.update(1)
             bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / len(rows):.1f}")
+
+        if part:
+            gen.generate([build_prompt(tok, it.question, cfg.system_prompt) for it in part], on_result=finished)
+        on_disk = saved[name] + new
+        done[name] = in_order(on_disk, items[name])
+        selected = {it.id for it in items[name]}
+        ordered = done[name] + [r for r in on_disk if r["id"] not in selected]
+        if [r["id"] for r in on_disk] != [r["id"] for r in ordered]:  # problems finish in any order
+            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
     bar.close()
 
     results = {}
     for name in names:
-        rows = done[name]  # the finished rows read at the start plus the ones just written
+        rows = done[name]
         correct = sum(bool(r["correct"]) for r in rows)
-        results[name] = {"n": len(rows), "correct": correct, "accuracy": 100.0 * correct / max(1, len(rows))}
+        cut = sum(bool(r.get("cut_off", False)) for r in rows)
+        results[name] = {
+            "n": len(rows),
+            "correct": correct,
+            "accuracy": 100.0 * correct / max(1, len(rows)),
+            "cut_off": cut,
+            "cut_off_share": cut / max(1, len(rows)),
+        }
     summary = {
         "name": run_name(cfg),
         "model": cfg.model,
