@@ -1,8 +1,10 @@
 """Speed of the fast paths against their reference paths, on one pair and one problem set.
 
-Prints seconds per problem for sampling with one teacher-forced pass per model
-(default) vs ``--reference-scoring`` (one forward per prefix, as the original release),
-and seconds per record for packed vs ``--no-pack`` training.
+Prints seconds per problem for sampling with the expert's distributions taken from its
+own decoding (default) vs a second teacher-forced expert pass vs ``--reference-scoring``
+(one forward per prefix for both models, as the original release), the share of scoring
+and selection in the generation time, and milliseconds per record for training in random
+and trajectory order, packed and not.
 
     python benchmarks/bench_core.py                      # a small random pair built here
     python benchmarks/bench_core.py --expert E --amateur A --dtype bfloat16
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference scoring")
+    ap.add_argument("--no-train", action="store_true", help="sampling only")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="lr-bench-"))
@@ -75,35 +79,54 @@ def main() -> None:
         dtype=args.dtype,
         beta=0.0,
     )
-    fast, t_fast = timed(sample, SampleConfig(**common, out=str(root / "fast.jsonl")), show_progress=False)
-    ref, t_ref = timed(
-        sample, SampleConfig(**common, out=str(root / "ref.jsonl"), reference_scoring=True), show_progress=False
-    )
     n = args.problems
-    print(f"pair: {expert} / {amateur}; {n} problems, {fast['trajectory_tokens']} trajectory tokens")
-    print(f"sampling, teacher-forced : {t_fast / n:8.3f} s/problem (scoring {fast['scoring_seconds'] / n:.3f})")
-    print(f"sampling, reference      : {t_ref / n:8.3f} s/problem (scoring {ref['scoring_seconds'] / n:.3f})")
-    print(
-        f"speed-up: {t_ref / t_fast:.1f}x end to end, "
-        f"{ref['scoring_seconds'] / fast['scoring_seconds']:.1f}x scoring only"
-    )
+    runs = {"generation": {}, "teacher-forced": {"expert_scoring": "teacher-forced"}}
+    if not args.no_reference:
+        runs["reference"] = {"reference_scoring": True}
+    times = {}
+    for name, extra in runs.items():
+        summary, seconds = timed(
+            sample, SampleConfig(**common, **extra, out=str(root / f"{name}.jsonl")), show_progress=False
+        )
+        times[name] = seconds
+        gen, score = summary["generation_seconds"], summary["scoring_seconds"]
+        print(
+            f"sampling, expert scoring {name:15s}: {seconds / n:8.3f} s/problem with model loading "
+            f"(generation {gen / n:.3f}, scoring + selection {score / n:.3f} = {100 * score / gen:.0f}% of "
+            f"generation); {summary['trajectory_tokens']} trajectory tokens",
+            flush=True,
+        )
+    print(f"pair: {expert} / {amateur}; {n} problems, batch {args.batch_size}, {args.dtype}")
+    for name in runs:
+        if name != "generation":
+            print(f"generation-scored vs {name}: {times[name] / times['generation']:.1f}x end to end")
+    if args.no_train:
+        return
 
     per_record = {}
-    for pack in (True, False):
+    for order, pack in (("random", True), ("trajectory", True), ("trajectory", False)):
         cfg = TrainConfig(
             model=expert,
-            samples=str(root / "fast.jsonl"),
-            output_dir=str(root / f"train-{pack}"),
+            samples=str(root / "generation.jsonl"),
+            output_dir=str(root / f"train-{order}-{pack}"),
             max_steps=args.train_steps,
             save_steps=10**6,
+            order=order,
             pack=pack,
             dtype=args.dtype,
             lora_dropout=0.0,
         )
-        per_record[pack] = train(cfg, show_progress=False)["seconds_per_record"]
-    print(f"training, packed         : {per_record[True] * 1000:8.2f} ms/record")
-    print(f"training, --no-pack      : {per_record[False] * 1000:8.2f} ms/record")
-    print(f"speed-up: {per_record[False] / per_record[True]:.1f}x")
+        per_record[order, pack] = train(cfg, show_progress=False)["seconds_per_record"]
+        print(
+            f"training, --order {order:10s} {'packed' if pack else '--no-pack'}: "
+            f"{per_record[order, pack] * 1000:8.2f} ms/record",
+            flush=True,
+        )
+    print(
+        f"trajectory order vs random: {per_record['random', True] / per_record['trajectory', True]:.1f}x; "
+        f"packed vs --no-pack (trajectory order): "
+        f"{per_record['trajectory', False] / per_record['trajectory', True]:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ def test_packed_and_unpacked_give_the_same_loss_and_lora_gradients(pair, samples
     tok = load_tokenizer(str(expert))
     model = tiny.random_lora(expert, std=0.05, dropout=0.0)
     model.train()
-    examples = trajectory_order(to_examples(read_records(samples), tok, 420, "Please reason step by step."), seed=0)
-    batch = examples[:10]
+    examples = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
+    batch = [(i, examples[i]) for i in trajectory_order(examples, seed=0)[:10]]
     results = {}
     for pack in (True, False):
         model.zero_grad()
@@ -63,7 +63,7 @@ def test_loss_is_kl_of_soft_label_to_last_position_distribution(pair, samples):
     tok = load_tokenizer(str(expert))
     model = load_model(str(expert))
     ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")[:3]
-    loss = soft_label_loss(model, SoftLabelCollator(tok.pad_token_id, True)(ex))
+    loss = soft_label_loss(model, SoftLabelCollator(tok.pad_token_id, True)(list(enumerate(ex))))
     manual = []
     for e in ex:
         with torch.no_grad():
@@ -101,7 +101,7 @@ def test_release_format_rebuilds_prompt_and_trains(pair, samples, tmp_path):
             ),
             show_progress=False,
         )
-        assert summary["optimizer_steps"] == 2 and summary["tuned_tokens"] == len(ours)
+        assert summary["optimizer_steps"] == 2 and summary["tuned_tokens"] == min(len(ours), 2 * 4)
         assert math.isfinite(summary["train_loss"]) and summary["train_loss"] > 0
         assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
         assert (out / "tokenizer_config.json").exists() and (out / "train_summary.json").exists()
@@ -136,8 +136,62 @@ def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path, monkeypat
     from lightreasoner.merge import load_with_adapter
 
     base = load_model(str(expert))
-    before = soft_label_loss(base, SoftLabelCollator(tok.pad_token_id)(ex)).item()
+    before = soft_label_loss(base, SoftLabelCollator(tok.pad_token_id)(list(enumerate(ex)))).item()
     tuned = load_with_adapter(load_model(str(expert)), out)
-    after = soft_label_loss(tuned, SoftLabelCollator(tok.pad_token_id)(ex)).item()
+    after = soft_label_loss(tuned, SoftLabelCollator(tok.pad_token_id)(list(enumerate(ex)))).item()
     assert after < before
     assert first["optimizer_steps"] == 3
+
+
+def test_trajectory_order_is_reshuffled_every_epoch(pair, samples):
+    from lightreasoner.training import TrajectorySampler
+
+    tok = load_tokenizer(str(pair[0]))
+    ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
+    sampler = TrajectorySampler(ex, seed=3)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert all(sorted(o) == list(range(len(ex))) for o in orders)
+    assert orders[0] != orders[1] or orders[1] != orders[2]
+    for order in orders:  # each trajectory's records together, by prefix length
+        groups = [ex[i].group for i in order]
+        assert len([g for k, g in enumerate(groups) if k == 0 or g != groups[k - 1]]) == len(set(groups))
+        for a, b in zip(order, order[1:]):
+            if ex[a].group == ex[b].group:
+                assert len(ex[a].input_ids) <= len(ex[b].input_ids)
+
+
+@pytest.mark.parametrize("order", ["random", "trajectory"])
+def test_order_option_and_tuned_tokens_count_records_with_a_loss(pair, samples, tmp_path, monkeypatch, order):
+    """Random order mixes trajectories within a step; --max-steps mid-epoch counts only the
+    records that received a loss, across a resume."""
+    from lightreasoner import training
+
+    expert, _ = pair
+    tok = load_tokenizer(str(expert))
+    ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
+    assert len(ex) > 8
+    batches = []
+    real_loss = training.soft_label_loss
+    monkeypatch.setattr(
+        training, "soft_label_loss", lambda m, i: batches.append(i["record_index"].tolist()) or real_loss(m, i)
+    )
+    cfg = dict(
+        model=str(expert),
+        samples=str(samples),
+        output_dir=str(tmp_path),
+        batch_size=4,
+        grad_accum=1,
+        save_steps=1,
+        order=order,
+    )
+    first = train(TrainConfig(**cfg, max_steps=1), show_progress=False)
+    resumed = train(TrainConfig(**cfg, max_steps=2, resume=True), show_progress=False)
+    assert first["tuned_tokens"] == 4 and resumed["tuned_tokens"] == 8 and resumed["order"] == order
+    groups_per_batch = [len({ex[i].group for i in b}) for b in batches]
+    if order == "trajectory":
+        assert max(groups_per_batch) <= 2
+    else:
+        assert max(groups_per_batch) >= 2

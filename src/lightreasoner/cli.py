@@ -15,6 +15,7 @@ from collections.abc import Callable
 from . import __version__
 from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml, section
 from .errors import LightReasonerError
+from .io import friendly_os_errors
 
 STAGES = ("sample", "train", "merge", "eval", "run")
 
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.fn(args)
+        with friendly_os_errors(args.command):
+            return args.fn(args)
     except LightReasonerError as e:
         print(f"lightreasoner {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -76,7 +76,12 @@ class TrainConfig(ModelOptions):
     lora_alpha: int = opt(16, "LoRA alpha")
     lora_dropout: float = opt(0.05, "LoRA dropout")
     target_modules: str = opt("q_proj,v_proj", "comma-separated module names that get LoRA")
-    pack: bool = opt(True, "train all records of a trajectory from one sequence (--no-pack: one per record)")
+    order: str = opt(
+        "random",
+        "random: records drawn at random each epoch, as the release does; "
+        "trajectory: one trajectory's records together (faster, packed), trajectories reshuffled each epoch",
+    )
+    pack: bool = opt(True, "records of one trajectory in a micro-batch share one sequence (--no-pack: one each)")
     system_prompt: str = opt(SAMPLING_SYSTEM_PROMPT, "system message used to rebuild prompts of release records")
     save_steps: int = opt(200, "checkpoint every N steps")
     logging_steps: int = opt(10, "log every N steps")
@@ -107,6 +112,7 @@ class EvalConfig(ModelOptions):
     name: str = opt(None, "row name in tables (default: the model's folder name)")
     system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message of the chat template")
     seed: int = opt(0, "seed for generated benchmarks (reasoning-gym)")
+    overwrite: bool = opt(False, "discard results already in --out (made with other settings) and start again")
 
 
 @dataclass

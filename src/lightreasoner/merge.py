@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-from peft import PeftModel
 
 from .config import MergeConfig
 from .errors import LightReasonerError
-from .models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
-
-
-def load_with_adapter(base, adapter: str | Path):
-    """``base`` (a loaded model) with the PEFT adapter at ``adapter`` applied, in eval mode."""
-    path = Path(adapter)
-    if not (path / "adapter_config.json").exists():
-        raise LightReasonerError(f"adapter {adapter}: no adapter_config.json (not a PEFT adapter directory)")
-    return PeftModel.from_pretrained(base, str(path)).eval()
+from .io import temp_path
+from .models import load_model, load_tokenizer, load_with_adapter, resolve_device, resolve_dtype, resolve_source
 
 
 def merge(cfg: MergeConfig) -> Path:
@@ -32,8 +22,7 @@ def merge(cfg: MergeConfig) -> Path:
     merged = load_with_adapter(base, cfg.adapter).merge_and_unload()
     has_tok = (Path(cfg.adapter) / "tokenizer_config.json").exists()
     tok = load_tokenizer(str(cfg.adapter) if has_tok else src, cfg.trust_remote_code)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(out)
     merged.save_pretrained(str(tmp))
     tok.padding_side = "right"
     tok.save_pretrained(str(tmp))

@@ -7,6 +7,7 @@ Weights load from safetensors (or GGUF); pickle ``.bin`` checkpoints only with
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import LightReasonerError
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -30,14 +33,29 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX).
+    Without it, PyTorch emulates them and bfloat16 runs several times slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bfloat16 on a CUDA GPU that has it, float16 on other GPUs, float32 on CPU."""
+    """``auto`` → bfloat16 on a CUDA GPU that has it, float16 on other GPUs; on CPU bfloat16
+    when the CPU computes it natively, else float32 (faster there, at twice the memory)."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     if dtype not in DTYPES:
         raise LightReasonerError(f"--dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    if device.type == "cpu" and dtype == "bfloat16" and not cpu_has_fast_bf16():
+        log.warning(
+            "this CPU has no native bfloat16 arithmetic: --dtype bfloat16 runs several times slower "
+            "than float32 here (--dtype auto picks float32)"
+        )
     return DTYPES[dtype]
 
 
@@ -126,6 +144,16 @@ def load_model(
     except (OSError, ValueError) as e:
         raise LightReasonerError(f"model {src.path}: cannot load ({e})") from e
     return model.eval()
+
+
+def load_with_adapter(base, adapter: str | Path):
+    """``base`` (a loaded model) with the PEFT adapter at ``adapter`` applied, in eval mode."""
+    path = Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise LightReasonerError(f"adapter {adapter}: no adapter_config.json (not a PEFT adapter directory)")
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(path)).eval()
 
 
 CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")

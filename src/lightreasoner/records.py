@@ -9,13 +9,13 @@ written here also carry the exact token ids, so training needs no re-tokenisatio
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import iter_jsonl
 from .errors import LightReasonerError
+from .io import append_synced, atomic_write_bytes, atomic_write_json, fingerprint_diff, read_json_lines
 
 RELEASE_KEYS = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights", "kl_divergence")
 
@@ -81,19 +81,6 @@ def summary_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj: object) -> None:
-    """Indented JSON, written atomically (non-JSON values such as paths become strings)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
 class ResumableWriter:
     """Append-per-problem JSONL output that survives being killed at any moment.
 
@@ -128,14 +115,16 @@ class ResumableWriter:
             self.partial.unlink(missing_ok=True)
             return
         lines = self.progress.read_bytes().split(b"\n")
-        entries = [json.loads(x) for x in lines[:-1] if x.strip()]  # the last piece is "" or truncated
+        entries = read_json_lines(self.progress, "progress log")  # a torn last line is dropped
         if not entries:  # killed while writing the header: nothing was done yet
             self.discard()
             return
-        if entries[0].get("fingerprint") != self.fingerprint:
+        before = entries[0].get("fingerprint") or {}
+        if before != self.fingerprint:
             raise LightReasonerError(
-                f"{self.progress}: an unfinished run with different settings is here; "
-                "rerun it with the same settings or pass --overwrite to start again"
+                f"{self.progress}: an unfinished run made with other inputs or settings is here "
+                f"(changed: {', '.join(fingerprint_diff(before, self.fingerprint))}). Rerun it as it was, "
+                "pass --overwrite to discard it and start again, or choose another --out."
             )
         for e in entries[1:]:
             self.done[e["index"]] = e
@@ -146,10 +135,16 @@ class ResumableWriter:
                 for _ in range(keep):
                     line = f.readline()
                     if not line.endswith(b"\n"):
-                        raise LightReasonerError(f"{self.partial}: shorter than its progress file says")
+                        raise LightReasonerError(
+                            f"{self.partial}: holds fewer records than {self.progress} lists as finished; the files "
+                            "were changed outside this program. Pass --overwrite to start this output again."
+                        )
                     size += len(line)
         elif keep:
-            raise LightReasonerError(f"{self.partial}: missing, but {self.progress} lists finished problems")
+            raise LightReasonerError(
+                f"{self.partial}: missing, but {self.progress} lists finished problems; the files were changed "
+                "outside this program. Pass --overwrite to start this output again."
+            )
         with self.partial.open("ab") as f:
             f.truncate(size)
         with self.progress.open("r+b") as f:
@@ -171,29 +166,19 @@ class ResumableWriter:
         append_synced(self.progress, json.dumps(entry) + "\n")
         self.done[index] = entry
 
-    def finish(self) -> None:
+    def finish(self, summary: dict | None = None) -> None:
         """Publish ``OUT`` (atomically) with its records in problem order (problems finish
-        in any order), and drop the progress file."""
+        in any order), and drop the progress file. ``summary`` is written (durably) first:
+        an output under its final name always has its summary."""
         self._start()
+        if summary is not None:
+            atomic_write_json(summary_path(self.out), summary)
         lines = self.partial.read_bytes().splitlines(keepends=True)
         lines.sort(key=lambda x: json.loads(x).get("problem_index", 0))  # stable: steps stay in order
-        tmp = self.partial.with_name(self.partial.name + ".sorted")
-        with tmp.open("wb") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out)
+        atomic_write_bytes(self.out, b"".join(lines))
         self.partial.unlink(missing_ok=True)
         self.progress.unlink(missing_ok=True)
 
     def discard(self) -> None:
         self.partial.unlink(missing_ok=True)
         self.progress.unlink(missing_ok=True)
-
-
-def append_synced(path: Path, text: str) -> None:
-    """Append ``text`` and wait until it is on disk."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())

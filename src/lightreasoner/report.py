@@ -13,7 +13,8 @@ import yaml
 
 from .config import RunConfig
 from .evaluation.runner import display_name, load_summary, markdown_table
-from .records import atomic_write_json, atomic_write_text, summary_path
+from .io import atomic_write_json, atomic_write_text
+from .records import summary_path
 from .training import TRAIN_SUMMARY
 
 PACKAGES = (
@@ -47,6 +48,10 @@ def _hms(seconds: float) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
+def _share(count: int | None, n: int) -> str:
+    return "n/a" if count is None else f"{count} of {n} ({100 * count / max(1, n):.1f}%)"
+
+
 def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int) -> dict:
     """Every figure of the report, from the stages' own summaries."""
     base, tuned = load_summary(configs["baseline"].out), load_summary(configs["tuned"].out)
@@ -60,6 +65,10 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
             "delta": tuned["results"][name]["accuracy"] - base["results"][name]["accuracy"],
             "n": base["results"][name]["n"],
             "correct": {"baseline": base["results"][name]["correct"], "tuned": tuned["results"][name]["correct"]},
+            "cut_off": {
+                "baseline": base["results"][name].get("cut_off"),
+                "tuned": tuned["results"][name].get("cut_off"),
+            },
         }
         for name in base["results"]
         if name in tuned["results"]
@@ -97,6 +106,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         },
         "kl_histogram": samples["kl_histogram"],
         "beta": samples["config"]["beta"],
+        "eval_max_new_tokens": configs["baseline"].max_new_tokens,
         "stage_seconds": {s: timings[s] for s in STAGE_ORDER if s in timings},
         "generated_test_problems_checked_disjoint": disjoint_checked,
         "config": asdict(cfg),
@@ -193,6 +203,14 @@ def markdown(fig: dict) -> str:
         )
         + f". One problem is worth {100 / max(1, min(a['n'] for a in fig['accuracy'].values())):.1f} points "
         "on the smallest benchmark.",
+        "",
+        f"Completions cut off at the {fig['eval_max_new_tokens']}-token budget before the model ended its answer "
+        "(baseline, tuned): "
+        + ", ".join(
+            f"{display_name(n)} {_share(a['cut_off']['baseline'], a['n'])}, {_share(a['cut_off']['tuned'], a['n'])}"
+            for n, a in fig["accuracy"].items()
+        )
+        + ".",
     ]
     if fig["generated_test_problems_checked_disjoint"]:
         lines.append(

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +29,7 @@ from .config import SampleConfig
 from .data import Problem, load_problems
 from .decoding import Completion, batch_capacity, greedy_decode
 from .errors import LightReasonerError
+from .io import OutputLock, file_fingerprint, fingerprint_diff, friendly_os_errors, model_fingerprint
 from .models import (
     ModelSource,
     check_pair,
@@ -40,7 +42,7 @@ from .models import (
     resolve_source,
 )
 from .prompts import encode_prompt
-from .records import ResumableWriter, SoftLabelRecord, atomic_write_json, summary_path
+from .records import ResumableWriter, SoftLabelRecord, summary_path
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +229,9 @@ def fingerprint(cfg: SampleConfig) -> dict:
     )
     fp = {k: getattr(cfg, k) for k in keys}
     fp["beta"] = repr(fp["beta"])
+    fp["expert"], fp["amateur"] = model_fingerprint(cfg.expert), model_fingerprint(cfg.amateur)
+    fp["data_content"] = file_fingerprint(cfg.data)["sha256"] if Path(cfg.data).is_file() else None
+    fp["max_problems"] = cfg.max_problems
     return fp
 
 
@@ -255,16 +260,33 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     tok_a = load_tokenizer(src_a, cfg.trust_remote_code)
     check_pair(tok, tok_a)
 
+    with OutputLock(cfg.out), friendly_os_errors(cfg.out):
+        try:
+            return _sample_locked(cfg, problems, src_e, src_a, tok, show_progress)
+        except torch.OutOfMemoryError:
+            raise LightReasonerError(
+                "out of memory even with one trajectory at a time; finished problems are kept in "
+                f"{cfg.out}.partial. Lower --max-new-tokens, use --dtype bfloat16 on a GPU, or a larger device, "
+                "then run the same command again."
+            ) from None
+
+
+def _sample_locked(cfg: SampleConfig, problems: list[Problem], src_e, src_a, tok, show_progress: bool) -> dict:
     fp = fingerprint(cfg)
     writer = ResumableWriter(cfg.out, fp, overwrite=cfg.overwrite)
     if writer.complete:
         spath = summary_path(cfg.out)
-        summary = json.loads(spath.read_text()) if spath.exists() else {}
-        if summary.get("fingerprint", fp) != fp or (
-            summary.get("problems") is not None and summary["problems"] != len(problems)
-        ):
+        try:
+            summary = json.loads(spath.read_text())
+        except (OSError, ValueError):
             raise LightReasonerError(
-                f"{cfg.out} already holds samples made with other settings; choose another --out or pass --overwrite"
+                f"{cfg.out} exists but its summary {spath} is missing or unreadable; pass --overwrite to sample again"
+            ) from None
+        before = summary.get("fingerprint") or {}
+        if before != fp:
+            raise LightReasonerError(
+                f"{cfg.out} already holds samples made with other inputs or settings "
+                f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --out or pass --overwrite"
             )
         log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
         return summary
@@ -280,9 +302,21 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
             f"no step reached KL >= beta = {cfg.beta} (largest KL seen: {summary['kl_quantiles']['max']:.4f}); "
             "nothing was written. Lower --beta."
         )
-    writer.finish()
-    atomic_write_json(summary_path(cfg.out), summary)
+    writer.finish(summary)
     return summary
+
+
+def forced_in_pieces(model: PreTrainedModel, trajs: list[Trajectory], pad: int) -> list[torch.Tensor]:
+    """:func:`teacher_forced_logits`, one trajectory at a time if the batch runs out of memory."""
+    try:
+        return teacher_forced_logits(model, trajs, pad)
+    except torch.OutOfMemoryError:
+        if len(trajs) == 1:
+            raise
+        log.warning("out of memory scoring %d trajectories together; scoring them one by one", len(trajs))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return [x for t in trajs for x in teacher_forced_logits(model, [t], pad)]
 
 
 SCORING_CHUNK = 4
@@ -323,8 +357,8 @@ def _sample_batches(
             le = [reference_logits(expert, t, start) for t in trajs]
             la = [reference_logits(amateur, t, start) for t in trajs]
         else:
-            la = teacher_forced_logits(amateur, trajs, pad)
-            le = [t.expert_logits for t in trajs] if from_generation else teacher_forced_logits(expert, trajs, pad)
+            la = forced_in_pieces(amateur, trajs, pad)
+            le = [t.expert_logits for t in trajs] if from_generation else forced_in_pieces(expert, trajs, pad)
         done = []
         for t, e, a in zip(trajs, le, la):
             labels, kls = label_steps(e, a, cfg.beta, cfg.alpha, start, cfg.contrast)

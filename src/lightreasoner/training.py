@@ -3,16 +3,24 @@
 Loss per record: D_KL(v_C ‖ p_θ) with p_θ = softmax of the logits at the record's last
 position (prompt + prefix), averaged over the records of a batch ("batchmean").
 
+Order (``order``), drawn anew every epoch from the seed:
+
+- ``random`` (default): records drawn at random, as the release does, so every optimizer
+  step mixes records of many trajectories;
+- ``trajectory``: trajectories in random order, the records of each by prefix length, so a
+  micro-batch of ``batch_size`` records spans one or two trajectories: faster (below),
+  but each step sees only one or two trajectories.
+
 Packing: all records of one trajectory share the prompt and differ only in prefix
 length, so one forward over prompt + longest prefix gives every record's logits. The
-collator packs the records of a micro-batch that come from the same trajectory; the
-dataset is ordered trajectory by trajectory (trajectories shuffled with the seed) so a
-micro-batch of ``batch_size`` records spans one or two sequences instead of eight.
+collator packs the records of a micro-batch that come from the same trajectory (always
+with ``trajectory`` order; whenever two meet in a micro-batch with ``random``).
 ``pack=False`` runs the same records one sequence each (the release's way).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -24,16 +32,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, TaskType, get_peft_model
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import TrainConfig
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
+from .io import atomic_write_json
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
-from .records import SoftLabelRecord, atomic_write_json, read_records
+from .records import SoftLabelRecord, read_records
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -73,14 +82,32 @@ def to_examples(
     return out
 
 
-def trajectory_order(examples: list[TrainExample], seed: int) -> list[TrainExample]:
-    """Trajectories in a seeded random order; records of one trajectory by prefix length."""
-    by_group: dict[int, list[TrainExample]] = defaultdict(list)
-    for ex in examples:
-        by_group[ex.group].append(ex)
+def trajectory_order(examples: list[TrainExample], seed: int) -> list[int]:
+    """Indices of ``examples``: trajectories in a seeded random order, the records of each
+    by prefix length."""
+    by_group: dict[int, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_group[ex.group].append(i)
     keys = list(by_group)
     random.Random(seed).shuffle(keys)
-    return [ex for k in keys for ex in sorted(by_group[k], key=lambda e: len(e.input_ids))]
+    return [i for k in keys for i in sorted(by_group[k], key=lambda i: len(examples[i].input_ids))]
+
+
+class TrajectorySampler(Sampler[int]):
+    """:func:`trajectory_order`, reshuffled every epoch (seed + epoch); the Trainer calls
+    :meth:`set_epoch`."""
+
+    def __init__(self, examples: list[TrainExample], seed: int):
+        self.examples, self.seed, self.epoch = examples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self):
+        return iter(trajectory_order(self.examples, self.seed + self.epoch))
 
 
 class SoftLabelDataset(Dataset):
@@ -90,8 +117,8 @@ class SoftLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, i: int) -> TrainExample:
-        return self.examples[i]
+    def __getitem__(self, i: int) -> tuple[int, TrainExample]:
+        return i, self.examples[i]
 
 
 def _is_prefix(short: list[int], long: list[int]) -> bool:
@@ -106,7 +133,9 @@ class SoftLabelCollator:
     pad_token_id: int
     pack: bool = True
 
-    def __call__(self, batch: list[TrainExample]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[tuple[int, TrainExample]]) -> dict[str, torch.Tensor]:
+        index = [i for i, _ in batch]
+        batch = [ex for _, ex in batch]
         seqs: list[list[int]] = []
         groups: list[int] = []
         where: list[tuple[int, int]] = []
@@ -131,6 +160,7 @@ class SoftLabelCollator:
         return {
             "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in seqs]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+            "record_index": torch.tensor(index),
             "record_seq": torch.tensor([w[0] for w in where]),
             "record_pos": torch.tensor([w[1] for w in where]),
             "target_ids": torch.tensor([ex.target_ids + [0] * (k - len(ex.target_ids)) for ex in batch]),
@@ -152,16 +182,38 @@ def soft_label_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> 
     return soft_label_kl(inputs["target_weights"], log_q).mean()
 
 
-class SoftLabelTrainer(Trainer):
-    """The transformers Trainer with the soft-label KL loss; nothing else changes."""
+SEEN_RECORDS = "seen_records.json"
 
-    def __init__(self, *args, **kwargs):
+
+class SoftLabelTrainer(Trainer):
+    """The transformers Trainer with the soft-label KL loss and the record order of
+    ``order``; it also notes which records received a loss (saved with each checkpoint)."""
+
+    def __init__(self, *args, order: str = "random", **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = False  # the loss is a per-micro-batch mean: let Trainer divide by GA
+        self.order = order
+        self.seen: set[int] = set()
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.order == "trajectory":
+            return TrajectorySampler((train_dataset or self.train_dataset).examples, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen.update(inputs["record_index"].tolist())
         loss = soft_label_loss(model, inputs)
         return (loss, None) if return_outputs else loss
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        atomic_write_json(folder / SEEN_RECORDS, sorted(self.seen))
+
+    def load_seen(self, checkpoint: str | None) -> None:
+        path = Path(checkpoint) / SEEN_RECORDS if checkpoint else None
+        if path is not None and path.exists():
+            self.seen = set(json.loads(path.read_text()))
 
 
 def lora_model(model, cfg: TrainConfig):
@@ -188,6 +240,8 @@ def validate(cfg: TrainConfig) -> None:
         raise LightReasonerError("--max-steps: must be at least 1 (or set --epochs)")
     if cfg.epochs is not None and cfg.epochs <= 0:
         raise LightReasonerError("--epochs: must be positive")
+    if cfg.order not in ("random", "trajectory"):
+        raise LightReasonerError(f"--order {cfg.order!r}: choose random or trajectory")
     if not (0 <= cfg.lora_dropout < 1):
         raise LightReasonerError("--lora-dropout: must be in [0, 1)")
 
@@ -204,7 +258,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
     examples = to_examples(records, tok, logit_vocab_size(model), cfg.system_prompt)
     if not examples:
         raise LightReasonerError(f"{cfg.samples}: no record has a target id inside the model's vocabulary")
-    dataset = SoftLabelDataset(trajectory_order(examples, cfg.seed))
+    dataset = SoftLabelDataset(examples)
     model = lora_model(model, cfg)
     model.train()
 
@@ -225,7 +279,6 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
         seed=cfg.seed,
         report_to="none",
         remove_unused_columns=False,
-        train_sampling_strategy="sequential",
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=not show_progress,
     )
@@ -235,10 +288,12 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
         train_dataset=dataset,
         data_collator=SoftLabelCollator(tok.pad_token_id, cfg.pack),
         processing_class=tok,
+        order=cfg.order,
     )
     resume = get_last_checkpoint(str(out)) if cfg.resume and out.is_dir() else None
     if cfg.resume and resume is None:
         log.info("no checkpoint in %s; starting from the beginning", out)
+    trainer.load_seen(resume)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
@@ -249,8 +304,9 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
     summary = {
         "records": len(dataset),
         "trajectories": len({e.group for e in examples}),
-        "tuned_tokens": len(dataset),
+        "tuned_tokens": len(trainer.seen),  # records that received a loss at least once
         "record_updates": updates,
+        "order": cfg.order,
         "optimizer_steps": steps,
         "train_loss": result.training_loss,
         "seconds": seconds,

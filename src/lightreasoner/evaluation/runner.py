@@ -12,12 +12,23 @@ from tqdm.auto import tqdm
 from ..config import EvalConfig
 from ..data import iter_jsonl
 from ..errors import LightReasonerError
-from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
+from ..io import (
+    OutputLock,
+    append_synced,
+    atomic_write_json,
+    atomic_write_text,
+    file_fingerprint,
+    fingerprint_diff,
+    friendly_os_errors,
+    model_fingerprint,
+    read_json_lines,
+)
+from ..models import load_model, load_tokenizer, load_with_adapter, resolve_device, resolve_dtype, resolve_source
 from ..prompts import build_prompt
-from ..records import append_synced, atomic_write_json, atomic_write_text
 from .benchmarks import get_benchmark, grade_completion, load_items
 from .generation import HFGenerator, VLLMGenerator, vllm_available
 
+FINGERPRINT = "fingerprint.json"
 DISPLAY = {
     "gsm8k": "GSM8K",
     "gsm8k_qwen25math": "GSM8K",
@@ -45,15 +56,60 @@ def benchmark_names(spec: str) -> list[str]:
 
 
 def read_done(path: Path) -> list[dict]:
-    """Complete lines of a per-problem file; a torn last line is cut off."""
+    """Complete lines of a per-problem file; a torn last line (a kill mid-write) is cut off,
+    a corrupt line elsewhere is an error."""
     if not path.exists():
         return []
+    rows = read_json_lines(path, "per-problem results")
     data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
+    keep = data.rfind(b"\n") + 1
+    if keep != len(data):
         with path.open("r+b") as f:
-            f.truncate(len(keep))
-    return [json.loads(x) for x in keep.decode().splitlines() if x.strip()]
+            f.truncate(keep)
+    return rows
+
+
+def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
+    """Everything that decides a completion or its grade."""
+    data = {}
+    if cfg.data_dir:
+        for n in benchmark_names(cfg.benchmarks):
+            f = Path(cfg.data_dir) / n / "test.jsonl"
+            data[n] = file_fingerprint(f)["sha256"] if f.is_file() else None
+    return {
+        "model": model_fingerprint(cfg.model),
+        "adapter": model_fingerprint(cfg.adapter),
+        "backend": backend,
+        "dtype": cfg.dtype,
+        "max_new_tokens": cfg.max_new_tokens,
+        "system_prompt": cfg.system_prompt,
+        "seed": cfg.seed,
+        "data": data,
+    }
+
+
+def check_fingerprint(out: Path, fp: dict, overwrite: bool) -> None:
+    """Refuse to resume an evaluation made with other inputs (``--overwrite`` starts again)."""
+    path = out / FINGERPRINT
+    if overwrite:
+        for f in [path, out / "summary.json", out / "results.md", *out.glob("*.jsonl")]:
+            f.unlink(missing_ok=True)
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            raise LightReasonerError(f"{path}: unreadable; pass --overwrite to evaluate again") from None
+        if before != fp:
+            raise LightReasonerError(
+                f"{out} holds an evaluation made with other inputs or settings "
+                f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --out or pass --overwrite"
+            )
+    elif any(out.glob("*.jsonl")):
+        raise LightReasonerError(
+            f"{out} holds per-problem results of unknown origin; choose another --out or pass --overwrite"
+        )
+    else:
+        atomic_write_json(path, fp)
 
 
 def in_order(rows: list[dict], items: list) -> list[dict]:
@@ -83,8 +139,6 @@ def make_generator(cfg: EvalConfig, backend: str):
     device = resolve_device(cfg.device)
     model = load_model(src, resolve_dtype(cfg.dtype, device), device, cfg.allow_pickle, cfg.trust_remote_code)
     if cfg.adapter:
-        from ..merge import load_with_adapter
-
         model = load_with_adapter(model, cfg.adapter)
     return tok, HFGenerator(model, tok, cfg.max_new_tokens, cfg.batch_size)
 
@@ -107,6 +161,12 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out), friendly_os_errors(out):
+        check_fingerprint(out, eval_fingerprint(cfg, backend), cfg.overwrite)
+        return _evaluate_locked(cfg, names, backend, items, out, show_progress)
+
+
+def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_progress: bool) -> dict:
     saved = {n: read_done(out / f"{n}.jsonl") for n in names}
     done = {n: in_order(saved[n], items[n]) for n in names}  # rows outside the selection are kept, not counted
     done_ids = {n: {r["id"] for r in done[n]} for n in names}
@@ -177,8 +237,8 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
         "seconds": time.perf_counter() - t0,
         "config": asdict(cfg),
     }
-    atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "results.md", markdown_table([summary]) + "\n")
+    atomic_write_json(out / "summary.json", summary)  # last: its presence means the evaluation is complete
     return summary
 
 

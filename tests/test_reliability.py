@@ -1,0 +1,247 @@
+"""Long jobs lose nothing and mix nothing: locks, fingerprints, atomic ends, clean errors."""
+
+import errno
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import gsm8k_questions
+from test_resume import records, run_cli
+
+from lightreasoner import io
+from lightreasoner.cli import main
+from lightreasoner.config import EvalConfig, SampleConfig
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.evaluation.runner import evaluate
+from lightreasoner.sampling import sample
+
+
+def _data(path, n=6):
+    path.write_text("".join(json.dumps({"question": q}) + "\n" for q in gsm8k_questions(n)))
+    return path
+
+
+def _scfg(pair, data, out, **kw):
+    base = dict(expert=str(pair[0]), amateur=str(pair[1]), data=str(data), out=str(out), max_new_tokens=16)
+    return SampleConfig(**{**base, **kw})
+
+
+def _ecfg(pair, out, **kw):
+    base = dict(model=str(pair[0]), benchmarks="reasoning-gym:gsm_symbolic", limit=3, max_new_tokens=8, out=str(out))
+    return EvalConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def live_holder(tmp_path):
+    """A lock file owned by a live process of this host (another writer)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield lambda output: (output.parent / (output.name + ".lock")).write_text(
+        json.dumps({"pid": proc.pid, "host": socket.gethostname(), "since": "now"})
+    )
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_writer_stops_at_once_naming_the_holder(pair, tmp_path, live_holder, capsys):
+    data, out = _data(tmp_path / "p.jsonl"), tmp_path / "s.jsonl"
+    first = sample(_scfg(pair, data, out), show_progress=False)
+    before = out.read_bytes()
+    live_holder(out)
+    code = main(
+        [
+            "sample",
+            "--expert",
+            str(pair[0]),
+            "--amateur",
+            str(pair[1]),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "16",
+            "--overwrite",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "another lightreasoner process" in err and "pid" in err
+    assert out.read_bytes() == before and first["selected_steps"] > 0  # the first output is intact
+    ev = tmp_path / "ev"
+    live_holder(ev)
+    with pytest.raises(LightReasonerError, match="another lightreasoner process"):
+        evaluate(_ecfg(pair, ev), show_progress=False)
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(pair, tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "s.jsonl"
+    (tmp_path / "s.jsonl.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    sample(_scfg(pair, _data(tmp_path / "p.jsonl"), out), show_progress=False)
+    assert out.exists() and not (tmp_path / "s.jsonl.lock").exists()
+    assert "no longer running" in caplog.text
+
+
+def test_changed_data_content_is_refused_by_name(pair, tmp_path):
+    data, out = _data(tmp_path / "p.jsonl"), tmp_path / "s.jsonl"
+    sample(_scfg(pair, data, out, max_problems=3), show_progress=False)
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same file name, other problems
+    with pytest.raises(LightReasonerError, match="data_content"):
+        sample(_scfg(pair, data, out, max_problems=3), show_progress=False)
+    # an unfinished run is refused the same way
+    progress = tmp_path / "u.jsonl.progress"
+    progress.write_text(json.dumps({"fingerprint": {"data_content": "other"}}) + "\n")
+    with pytest.raises(LightReasonerError, match=r"changed: .*data_content.*--overwrite"):
+        sample(_scfg(pair, data, tmp_path / "u.jsonl", max_problems=3), show_progress=False)
+
+
+def test_corrupt_middle_line_of_a_progress_log_is_a_clear_error(pair, tmp_path, capsys):
+    data = _data(tmp_path / "p.jsonl")
+    args = [
+        "sample",
+        "-q",
+        "--expert",
+        str(pair[0]),
+        "--amateur",
+        str(pair[1]),
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "16",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    ]
+    progress = tmp_path / "s.jsonl.progress"
+    progress.write_text('{"fingerprint": {}}\n{not json\n{"index": 0, "records": 0}\n')
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "s.jsonl.progress:2: corrupt line" in err and "Traceback" not in err
+
+
+def test_eval_resume_refuses_other_inputs_and_counts_the_current_selection(pair, tmp_path):
+    out = tmp_path / "ev"
+    first = evaluate(_ecfg(pair, out, limit=3), show_progress=False)
+    assert first["results"]["reasoning-gym:gsm_symbolic"]["n"] == 3
+    for change, field in (({"max_new_tokens": 9}, "max_new_tokens"), ({"model": str(pair[1])}, "model")):
+        with pytest.raises(LightReasonerError, match=field):
+            evaluate(_ecfg(pair, out, **change), show_progress=False)
+    fewer = evaluate(_ecfg(pair, out, limit=2), show_progress=False)
+    assert fewer["results"]["reasoning-gym:gsm_symbolic"]["n"] == 2
+    more = evaluate(_ecfg(pair, out, limit=4), show_progress=False)
+    rows = [json.loads(x) for x in (out / "reasoning-gym:gsm_symbolic.jsonl").read_text().splitlines()]
+    assert more["results"]["reasoning-gym:gsm_symbolic"]["n"] == 4 and len(rows) == 4
+    assert len({r["id"] for r in rows}) == 4
+    redone = evaluate(_ecfg(pair, out, limit=2, max_new_tokens=9, overwrite=True), show_progress=False)
+    assert redone["results"]["reasoning-gym:gsm_symbolic"]["n"] == 2
+
+
+def test_corrupt_middle_line_of_eval_results_is_a_clear_error(pair, tmp_path):
+    out = tmp_path / "ev"
+    evaluate(_ecfg(pair, out), show_progress=False)
+    path = out / "reasoning-gym:gsm_symbolic.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(LightReasonerError, match=r"gsm_symbolic.jsonl:2: corrupt line"):
+        evaluate(_ecfg(pair, out), show_progress=False)
+
+
+def test_full_disk_is_a_clean_message_and_earlier_work_is_kept(pair, tmp_path, monkeypatch, capsys):
+    data, out = _data(tmp_path / "p.jsonl", 8), tmp_path / "s.jsonl"
+    full = sample(_scfg(pair, data, tmp_path / "full.jsonl", batch_size=1), show_progress=False)
+    real, calls = os.fsync, []
+
+    def failing(fd):
+        calls.append(fd)
+        if len(calls) > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(io.os, "fsync", failing)
+    code = main(
+        [
+            "sample",
+            "-q",
+            "--expert",
+            str(pair[0]),
+            "--amateur",
+            str(pair[1]),
+            "--data",
+            str(data),
+            "--max-new-tokens",
+            "16",
+            "--batch-size",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "disk is full" in err and "s.jsonl" in err and "Traceback" not in err
+    assert not out.exists() and (tmp_path / "s.jsonl.progress").exists()
+    monkeypatch.setattr(io.os, "fsync", real)
+    resumed = sample(_scfg(pair, data, out, batch_size=1), show_progress=False)
+    assert resumed["selected_steps"] == full["selected_steps"]
+    assert [r["token_ids"] for r in records(out)] == [r["token_ids"] for r in records(tmp_path / "full.jsonl")]
+
+
+def test_killed_between_summary_and_output_resumes(pair, tmp_path, monkeypatch):
+    data, out = _data(tmp_path / "p.jsonl"), tmp_path / "s.jsonl"
+    real = io.atomic_write_bytes
+
+    def killed(path, data):
+        if str(path) == str(out):
+            raise KeyboardInterrupt  # the process dies right after the summary is on disk
+        return real(path, data)
+
+    from lightreasoner import records as rec
+
+    monkeypatch.setattr(rec, "atomic_write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sample(_scfg(pair, data, out), show_progress=False)
+    assert (tmp_path / "s.summary.json").exists() and not out.exists()
+    monkeypatch.setattr(rec, "atomic_write_bytes", real)
+    summary = sample(_scfg(pair, data, out), show_progress=False)
+    assert out.exists() and summary["selected_steps"] == len(records(out))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path, seed):
+    args = [
+        "eval",
+        "-q",
+        "--model",
+        str(pair[0]),
+        "--benchmarks",
+        "reasoning-gym:gsm_symbolic",
+        "--limit",
+        "12",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "2",
+    ]
+    full = tmp_path / "full"
+    assert run_cli([*args, "--out", str(full)]).wait() == 0
+    out = tmp_path / "out"
+    proc = run_cli([*args, "--out", str(out)])
+    time.sleep(random.Random(seed).uniform(1.0, 6.0))
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli([*args, "--out", str(out)])
+    log = resumed.communicate()[0].decode()
+    assert resumed.returncode == 0, log
+    name = "reasoning-gym:gsm_symbolic.jsonl"
+    a, b = records(full / name), records(out / name)
+    assert [(r["id"], r["completion"], r["correct"]) for r in a] == [
+        (r["id"], r["completion"], r["correct"]) for r in b
+    ]
+    sa, sb = (json.loads((d / "summary.json").read_text())["results"] for d in (full, out))
+    assert sa == sb
