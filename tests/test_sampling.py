@@ -158,7 +158,7 @@ def test_finished_output_is_not_silently_reused_with_other_settings(pair, proble
     first = sample(_cfg(pair, problems_file, out, max_problems=2), show_progress=False)
     assert sample(_cfg(pair, problems_file, out, max_problems=2), show_progress=False) == first
     for change in ({"beta": 0.3}, {"max_problems": 3}):
-        with pytest.raises(LightReasonerError, match="other settings"):
+        with pytest.raises(LightReasonerError, match="other inputs or settings"):
             sample(_cfg(pair, problems_file, out, **{"max_problems": 2, **change}), show_progress=False)
     redone = sample(_cfg(pair, problems_file, out, max_problems=2, beta=0.3, overwrite=True), show_progress=False)
     assert redone["config"]["beta"] == 0.3
