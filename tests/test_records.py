@@ -64,7 +64,7 @@ def test_writer_recovers_from_a_torn_write(tmp_path):
 def test_writer_refuses_to_resume_with_other_settings(tmp_path):
     out = tmp_path / "out.jsonl"
     ResumableWriter(out, {"beta": 0.4}).commit(0, [rec(0, 1)], {})
-    with pytest.raises(LightReasonerError, match=r"other inputs or settings .changed: beta"):
+    with pytest.raises(LightReasonerError, match=r"other inputs or settings is here .changed: beta"):
         ResumableWriter(out, {"beta": 0.5})
     w = ResumableWriter(out, {"beta": 0.5}, overwrite=True)
     assert w.done == {} and not w.partial.exists()
