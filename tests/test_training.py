@@ -195,3 +195,19 @@ def test_order_option_and_tuned_tokens_count_records_with_a_loss(pair, samples, 
         assert max(groups_per_batch) <= 2
     else:
         assert max(groups_per_batch) >= 2
+
+
+def test_resume_refuses_checkpoints_of_other_inputs(pair, samples, tmp_path):
+    from lightreasoner.errors import LightReasonerError
+
+    cfg = dict(
+        model=str(pair[0]), samples=str(samples), output_dir=str(tmp_path), batch_size=4, grad_accum=1, save_steps=1
+    )
+    train(TrainConfig(**cfg, max_steps=1), show_progress=False)
+    with pytest.raises(LightReasonerError, match=r"changed: learning_rate"):
+        train(TrainConfig(**cfg, max_steps=2, resume=True, learning_rate=1e-3), show_progress=False)
+    other = tmp_path.parent / "other.jsonl"
+    other.write_text(samples.read_text().splitlines()[0] + "\n")
+    with pytest.raises(LightReasonerError, match=r"changed: samples"):
+        train(TrainConfig(**{**cfg, "samples": str(other)}, max_steps=2, resume=True), show_progress=False)
+    assert train(TrainConfig(**cfg, max_steps=2, resume=True), show_progress=False)["optimizer_steps"] == 2

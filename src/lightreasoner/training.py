@@ -39,7 +39,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import TrainConfig
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
-from .io import atomic_write_json
+from .io import OutputLock, atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
 from .records import SoftLabelRecord, read_records
@@ -250,6 +250,40 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
     """Run stage 2; saves a PEFT adapter + tokenizer in ``output_dir`` and returns the summary."""
     validate(cfg)
     records = read_records(cfg.samples)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):
+        check_resume(cfg, out)
+        return _train_locked(cfg, records, show_progress)
+
+
+TRAIN_FINGERPRINT = "train_fingerprint.json"
+RESULT_FIELDS = ("resume", "save_steps", "logging_steps", "max_steps", "epochs")
+"""Options a resume may change (it continues to a new step count, saves or logs differently)."""
+
+
+def train_fingerprint(cfg: TrainConfig) -> dict:
+    """The inputs and settings a checkpoint depends on."""
+    fp = {k: v for k, v in asdict(cfg).items() if k not in RESULT_FIELDS and k != "output_dir"}
+    fp["model"] = model_fingerprint(cfg.model)
+    fp["samples"] = file_fingerprint(cfg.samples)["sha256"]
+    return fp
+
+
+def check_resume(cfg: TrainConfig, out: Path) -> None:
+    """``--resume`` continues only checkpoints made from the same model, records and settings."""
+    path, fp = out / TRAIN_FINGERPRINT, train_fingerprint(cfg)
+    if cfg.resume and path.exists() and get_last_checkpoint(str(out)):
+        before = json.loads(path.read_text())
+        if before != fp:
+            raise LightReasonerError(
+                f"{out} holds checkpoints made from other inputs or settings "
+                f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --output-dir or drop --resume"
+            )
+    atomic_write_json(path, fp)
+
+
+def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progress: bool) -> dict:
     src = resolve_source(cfg.model, cfg.allow_pickle, "model")
     tok = load_tokenizer(src, cfg.trust_remote_code)
     device = resolve_device(cfg.device)
