@@ -245,3 +245,40 @@ def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path,
     ]
     sa, sb = (json.loads((d / "summary.json").read_text())["results"] for d in (full, out))
     assert sa == sb
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_path, seed):
+    import yaml
+
+    cfg = {
+        "expert": str(pair[0]),
+        "amateur": str(pair[1]),
+        "dtype": "float32",
+        "data": "reasoning-gym:gsm_symbolic",
+        "max_problems": 3,
+        "seed": 1,
+        "benchmarks": "reasoning-gym:gsm_symbolic",
+        "eval_limit": 3,
+        "eval_seed": 2,
+        "eval_max_new_tokens": 8,
+        "sample": {"max_new_tokens": 16, "beta": 0.3, "batch_size": 1},
+        "train": {"max_steps": 3, "save_steps": 1, "lora_dropout": 0.0},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    full, out = tmp_path / "full", tmp_path / "out"
+    assert run_cli(["run", "-q", "--config", str(path), "--out", str(full)]).wait() == 0
+    proc = run_cli(["run", "-q", "--config", str(path), "--out", str(out)])
+    time.sleep(random.Random(seed).uniform(3.0, 12.0))
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli(["run", "-q", "--config", str(path), "--out", str(out)])
+    log = resumed.communicate()[0].decode()
+    assert resumed.returncode == 0, log
+    assert [r["token_ids"] for r in records(full / "samples.jsonl")] == [
+        r["token_ids"] for r in records(out / "samples.jsonl")
+    ]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (full, out))
+    assert a["accuracy"] == b["accuracy"] and a["efficiency"]["tuned_tokens"] == b["efficiency"]["tuned_tokens"]
