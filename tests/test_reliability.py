@@ -32,6 +32,25 @@ def _scfg(pair, data, out, **kw):
     return SampleConfig(**{**base, **kw})
 
 
+def _sample_args(pair, data, out, *extra):
+    """``lightreasoner sample`` flags for the tiny pair (16 new tokens)."""
+    return [
+        "sample",
+        "-q",
+        "--expert",
+        str(pair[0]),
+        "--amateur",
+        str(pair[1]),
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def _ecfg(pair, out, **kw):
     base = dict(model=str(pair[0]), benchmarks="reasoning-gym:gsm_symbolic", limit=3, max_new_tokens=8, out=str(out))
     return EvalConfig(**{**base, **kw})
@@ -53,22 +72,7 @@ def test_a_second_writer_stops_at_once_naming_the_holder(pair, tmp_path, live_ho
     first = sample(_scfg(pair, data, out), show_progress=False)
     before = out.read_bytes()
     live_holder(out)
-    code = main(
-        [
-            "sample",
-            "--expert",
-            str(pair[0]),
-            "--amateur",
-            str(pair[1]),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--max-new-tokens",
-            "16",
-            "--overwrite",
-        ]
-    )
+    code = main(_sample_args(pair, data, out, "--overwrite"))
     err = capsys.readouterr().err
     assert code == 2 and "another lightreasoner process" in err and "pid" in err
     assert out.read_bytes() == before and first["selected_steps"] > 0  # the first output is intact
@@ -104,20 +108,7 @@ def test_changed_data_content_is_refused_by_name(pair, tmp_path):
 
 def test_corrupt_middle_line_of_a_progress_log_is_a_clear_error(pair, tmp_path, capsys):
     data = _data(tmp_path / "p.jsonl")
-    args = [
-        "sample",
-        "-q",
-        "--expert",
-        str(pair[0]),
-        "--amateur",
-        str(pair[1]),
-        "--data",
-        str(data),
-        "--max-new-tokens",
-        "16",
-        "--out",
-        str(tmp_path / "s.jsonl"),
-    ]
+    args = _sample_args(pair, data, tmp_path / "s.jsonl")
     progress = tmp_path / "s.jsonl.progress"
     progress.write_text('{"fingerprint": {}}\n{not json\n{"index": 0, "records": 0}\n')
     assert main(args) == 2
@@ -164,24 +155,7 @@ def test_full_disk_is_a_clean_message_and_earlier_work_is_kept(pair, tmp_path, m
         return real(fd)
 
     monkeypatch.setattr(io.os, "fsync", failing)
-    code = main(
-        [
-            "sample",
-            "-q",
-            "--expert",
-            str(pair[0]),
-            "--amateur",
-            str(pair[1]),
-            "--data",
-            str(data),
-            "--max-new-tokens",
-            "16",
-            "--batch-size",
-            "1",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(_sample_args(pair, data, out, "--batch-size", "1"))
     err = capsys.readouterr().err
     assert code == 2 and "disk is full" in err and "s.jsonl" in err and "Traceback" not in err
     assert not out.exists() and (tmp_path / "s.jsonl.progress").exists()
@@ -249,22 +223,15 @@ def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path,
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_path, seed):
-    import yaml
+    from dataclasses import asdict
 
-    cfg = {
-        "expert": str(pair[0]),
-        "amateur": str(pair[1]),
-        "dtype": "float32",
-        "data": "reasoning-gym:gsm_symbolic",
-        "max_problems": 3,
-        "seed": 1,
-        "benchmarks": "reasoning-gym:gsm_symbolic",
-        "eval_limit": 3,
-        "eval_seed": 2,
-        "eval_max_new_tokens": 8,
-        "sample": {"max_new_tokens": 16, "beta": 0.3, "batch_size": 1},
-        "train": {"max_steps": 3, "save_steps": 1, "lora_dropout": 0.0},
-    }
+    import yaml
+    from test_pipeline import tiny_run
+
+    cfg = asdict(tiny_run(pair, tmp_path / "unused"))
+    del cfg["out"]
+    cfg["sample"]["batch_size"] = 1
+    cfg["train"] = {"max_steps": 3, "save_steps": 1, "lora_dropout": 0.0}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     full, out = tmp_path / "full", tmp_path / "out"
