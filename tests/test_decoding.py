@@ -47,16 +47,20 @@ def test_decoder_matches_plain_argmax_with_refill(hostile, batch_size):
     prompts = [encode_prompt(tok, q, SAMPLING_SYSTEM_PROMPT) for q in gsm8k_questions(6)]
     prompts[2] = prompts[2][:9]  # prompts of very different lengths share batches
     ref = [argmax_decode(model, p, 24, {0}) for p in prompts]
-    seen = []
+    seen = {}
     got = greedy_decode(
-        model, prompts, 24, [0], tok.pad_token_id, batch_size, keep_logits=True, on_result=lambda i, c: seen.append(i)
+        model, prompts, 24, [0], tok.pad_token_id, batch_size, keep_logits=True, on_result=seen.__setitem__
     )
     assert [c.ids for c in got] == ref
     assert sorted(seen) == list(range(6))
-    for c in got:
+    assert all(c.logits is None for c in got)  # the kept logits went to the callback only
+    for i, c in seen.items():
+        assert c.ids == ref[i]
         assert c.logits.shape == (len(c.ids), model.config.vocab_size)
         assert c.logits.argmax(-1).tolist() == c.ids
         assert c.finished == (c.ids[-1] == 0)
+    kept = greedy_decode(model, prompts, 24, [0], tok.pad_token_id, batch_size, keep_logits=True)
+    assert all(c.logits.argmax(-1).tolist() == c.ids for c in kept)
 
 
 def test_decoder_stops_at_each_stop_id(pair):

@@ -180,14 +180,21 @@ def greedy_decode(
 ) -> list[Completion]:
     """Greedy completions of ``prompts`` (token ids, no padding), in input order.
 
-    At most ``batch_size`` sequences are decoded together; finished ones leave the batch and
-    waiting prompts (longest first) take their place. With several ``models`` each keeps its
-    own cache and ``combine`` turns their logits into scores (contrastive decoding); the
-    kept logits are always the first model's. ``on_result(i, completion)`` is called as soon
-    as prompt ``i`` is finished. On out-of-memory the running sequences are restarted with
-    half the batch size (results do not change: decoding is deterministic).
+    At most ``batch_size`` sequences are decoded together (0: as many as fit in memory, see
+    :func:`batch_capacity`; a given size is also lowered to what fits); finished ones leave
+    the batch and waiting prompts (longest first) take their place. With several ``models``
+    each keeps its own cache and ``combine`` turns their logits into scores (contrastive
+    decoding); the kept logits are always the first model's. ``on_result(i, completion)`` is
+    called as soon as prompt ``i`` is finished; the kept logits then go to it alone (the
+    returned completions have none), so memory holds only the running sequences' logits.
+    On out-of-memory the running sequences are restarted with half the batch size (results
+    do not change: decoding is deterministic).
     """
     models = models if isinstance(models, list) else [models]
+    if not prompts:
+        return []
+    longest = max(map(len, prompts)) + max_new_tokens
+    batch_size = batch_capacity(models[0], longest, batch_size, keep_logits)
     results: dict[int, Completion] = {}
     queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     stops = set(stop_ids)
@@ -255,10 +262,12 @@ def _decode(
             ids = rows.ids[r]
             logits = torch.stack(rows.logits[r]) if keep_logits else None
             comp = Completion(ids, ids[-1] in stops, logits)
-            results[rows.index[r]] = comp
             if on_result is not None:
                 on_result(rows.index[r], comp)
-        keep = [r for r in range(len(rows.index)) if r not in set(done)]
+                comp = Completion(ids, comp.finished)  # the callback owns the logits
+            results[rows.index[r]] = comp
+        finished = set(done)
+        keep = [r for r in range(len(rows.index)) if r not in finished]
         rows.index = [rows.index[r] for r in keep]
         rows.ids = [rows.ids[r] for r in keep]
         rows.logits = [rows.logits[r] for r in keep]

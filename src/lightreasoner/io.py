@@ -89,9 +89,10 @@ def append_synced(path: str | Path, text: str) -> None:
         raise
 
 
-def read_json_lines(path: str | Path, what: str) -> list[dict]:
+def read_json_lines(path: str | Path, what: str, cut_torn: bool = False) -> list[dict]:
     """The complete lines of a crash-safe log: a torn last line (a kill mid-write) is
-    dropped; a bad line anywhere else is an error that says what to do."""
+    dropped (and, with ``cut_torn``, cut off the file so appends continue cleanly); a bad
+    line anywhere else is an error that says what to do."""
     path = Path(path)
     data = path.read_bytes()
     lines = data.split(b"\n")
@@ -106,6 +107,10 @@ def read_json_lines(path: str | Path, what: str) -> list[dict]:
                 f"{path}:{n}: corrupt line in the {what} (not JSON). The file was damaged outside this program; "
                 "delete it (and its output) to start that part again, or pass --overwrite."
             ) from None
+    keep = data.rfind(b"\n") + 1
+    if cut_torn and keep != len(data):
+        with path.open("r+b") as f:
+            f.truncate(keep)
     return out
 
 

@@ -114,8 +114,7 @@ class ResumableWriter:
         if not self.progress.exists():
             self.partial.unlink(missing_ok=True)
             return
-        lines = self.progress.read_bytes().split(b"\n")
-        entries = read_json_lines(self.progress, "progress log")  # a torn last line is dropped
+        entries = read_json_lines(self.progress, "progress log", cut_torn=True)
         if not entries:  # killed while writing the header: nothing was done yet
             self.discard()
             return
@@ -147,8 +146,6 @@ class ResumableWriter:
             )
         with self.partial.open("ab") as f:
             f.truncate(size)
-        with self.progress.open("r+b") as f:
-            f.truncate(sum(len(x) + 1 for x in lines[:-1]))
 
     def _start(self) -> None:
         if not self.progress.exists() or self.progress.stat().st_size == 0:

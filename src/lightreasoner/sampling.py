@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
-from .decoding import Completion, batch_capacity, greedy_decode
+from .decoding import Completion, greedy_decode
 from .errors import LightReasonerError
 from .io import OutputLock, file_fingerprint, fingerprint_diff, friendly_os_errors, model_fingerprint
 from .models import (
@@ -80,7 +80,8 @@ def generate_trajectories(
     on_result: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     """Greedy trajectories (pure argmax of raw logits, see :mod:`decoding`), stopping at the
-    end of the assistant's turn; ``on_result`` gets each one as soon as it is finished."""
+    end of the assistant's turn; ``on_result`` gets each one as soon as it is finished (with
+    its ``expert_logits`` when kept; the returned trajectories then carry none)."""
     prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
     stops = end_token_ids(model.generation_config.eos_token_id, tokenizer, chat_ends=True)
 
@@ -342,8 +343,6 @@ def _sample_batches(
     shared = min(logit_vocab_size(expert), logit_vocab_size(amateur))
     pad = tok.pad_token_id
     from_generation = cfg.expert_scoring == "generation" and not cfg.reference_scoring
-    longest = max(len(encode_prompt(tok, p.question, cfg.system_prompt)) for p in todo)
-    batch = batch_capacity(expert, longest + cfg.max_new_tokens, cfg.batch_size, keep_logits=from_generation)
 
     bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="problem", disable=not show_progress)
     buffer: list[Trajectory] = []
@@ -383,7 +382,7 @@ def _sample_batches(
             buffer.clear()
 
     generate_trajectories(
-        expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, batch, from_generation, on_result=finished
+        expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, cfg.batch_size, from_generation, on_result=finished
     )
     if buffer:
         score(buffer)

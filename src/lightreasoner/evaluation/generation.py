@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding import batch_capacity, greedy_decode, greedy_sampling_params, vllm_engine_args
+from ..decoding import greedy_decode, greedy_sampling_params, vllm_engine_args
 from ..models import end_token_ids
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,6 @@ class HFGenerator:
 
     def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
         ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        if not ids:
-            return []
-        batch = batch_capacity(self.model, max(map(len, ids)) + self.max_new_tokens, self.batch_size)
 
         def wrap(i: int, comp) -> Generated:
             body = comp.ids[:-1] if comp.finished else comp.ids
@@ -58,7 +55,7 @@ class HFGenerator:
 
         callback = None if on_result is None else (lambda i, comp: on_result(i, wrap(i, comp)))
         comps = greedy_decode(
-            self.model, ids, self.max_new_tokens, self.stops, self.tok.pad_token_id, batch, on_result=callback
+            self.model, ids, self.max_new_tokens, self.stops, self.tok.pad_token_id, self.batch_size, on_result=callback
         )
         return [wrap(i, c) for i, c in enumerate(comps)]
 

@@ -60,13 +60,7 @@ def read_done(path: Path) -> list[dict]:
     a corrupt line elsewhere is an error."""
     if not path.exists():
         return []
-    rows = read_json_lines(path, "per-problem results")
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep != len(data):
-        with path.open("r+b") as f:
-            f.truncate(keep)
-    return rows
+    return read_json_lines(path, "per-problem results", cut_torn=True)
 
 
 def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
