@@ -38,3 +38,25 @@ def problems_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "problems.jsonl"
     path.write_text("".join(json.dumps({"question": q, "answer": "#### 1"}) + "\n" for q in gsm8k_questions(8)))
     return path
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_model(tmp_path_factory) -> Path:
+    """A model whose tokenizer was trained on other text: ids mean other tokens."""
+    d = tmp_path_factory.mktemp("other")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        ["zebra yak xylophone " * 50],
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|im_end|>", "<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(d)
+    tiny.make_model(d, 300, "llama", seed=3)
+    return d

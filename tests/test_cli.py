@@ -3,33 +3,9 @@
 import json
 from pathlib import Path
 
-import pytest
-import tiny
 import torch
 
 from lightreasoner.cli import main
-
-
-@pytest.fixture(scope="module")
-def other_tokenizer_model(tmp_path_factory) -> Path:
-    """A model whose tokenizer was trained on other text: ids mean other tokens."""
-    d = tmp_path_factory.mktemp("other")
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(
-        ["zebra yak xylophone " * 50],
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|im_end|>", "<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(d)
-    tiny.make_model(d, 300, "llama", seed=3)
-    return d
 
 
 def sample_args(pair, data, out, *extra):

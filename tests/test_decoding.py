@@ -9,7 +9,7 @@ from conftest import gsm8k_questions
 
 from lightreasoner.config import SampleConfig
 from lightreasoner.data import Problem
-from lightreasoner.decoding import greedy_decode
+from lightreasoner.decoding import GrowingLayer, greedy_decode
 from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 from lightreasoner.prompts import SAMPLING_SYSTEM_PROMPT, encode_prompt
 from lightreasoner.records import read_records
@@ -172,3 +172,23 @@ def test_out_of_memory_restarts_with_half_the_batch(pair, monkeypatch):
     got = greedy_decode(model, prompts, 6, [0], tok.pad_token_id, 8)
     assert [c.ids for c in got] == expected
     assert sizes[:2] == [6, 4] and max(sizes[2:]) == 2
+
+
+def test_growing_layer_holds_what_concatenation_holds():
+    g = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(3, 2, 5, 4, generator=g), torch.randn(3, 2, 5, 4, generator=g)
+    layer = GrowingLayer(keys, values, room=16)
+    want_k, want_v = keys, values
+    for n in (1, 7, 1, 12, 1):  # 22 new positions: the buffer has to grow once
+        k, v = torch.randn(3, 2, n, 4, generator=g), torch.randn(3, 2, n, 4, generator=g)
+        got_k, got_v = layer.update(k, v)
+        want_k, want_v = torch.cat([want_k, k], 2), torch.cat([want_v, v], 2)
+        assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    assert layer.get_seq_length() == 27
+    rows = torch.tensor([2, 0])
+    layer.batch_select_indices(rows)
+    assert torch.equal(layer.keys, want_k[rows]) and torch.equal(layer.values, want_v[rows])
+    k = torch.randn(2, 2, 1, 4, generator=g)
+    assert torch.equal(layer.update(k, k)[0], torch.cat([want_k[rows], k], 2))
+    layer.crop(-3)
+    assert layer.get_seq_length() == 25

@@ -113,6 +113,11 @@ class EvalConfig(ModelOptions):
     system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message of the chat template")
     seed: int = opt(0, "seed for generated benchmarks (reasoning-gym)")
     overwrite: bool = opt(False, "discard results already in --out (made with other settings) and start again")
+    contrastive_amateur: str = opt(
+        None, "decode with contrastive decoding against this amateur (O'Brien & Lewis 2023); hf backend only"
+    )
+    cd_alpha: float = opt(0.1, "contrastive decoding: only tokens with p_E >= cd_alpha * max p_E")
+    cd_beta: float = opt(0.5, "contrastive decoding: scores (1 + cd_beta) * logit_E - cd_beta * logit_A")
 
 
 @dataclass

@@ -11,12 +11,15 @@ The decoder keeps a batch full: prompts are taken longest first, a finished sequ
 leaves the batch at once (its rows of the KV cache are dropped) and waiting prompts take
 its place (their prompts are run and their KV rows joined to the batch, left-padded to
 the batch's width). Every row keeps its own position ids, so a row's logits do not
-depend on which other rows share its batch, up to floating-point reduction order.
+depend on which other rows share its batch, up to floating-point reduction order. Each
+cache layer writes new keys and values into a buffer with room to spare
+(:class:`GrowingLayer`) instead of concatenating the whole cache at every step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -71,11 +74,49 @@ class _Rows:
     logits: list[list[torch.Tensor]] = field(default_factory=list)
 
 
+class GrowingLayer(DynamicLayer):
+    """A dynamic cache layer whose keys and values ``[B, heads, L, head_dim]`` are views of
+    a buffer with ``room`` spare positions: a step writes its token in place (amortised
+    O(1)) where :class:`DynamicLayer` copies the whole layer (O(L)) with ``torch.cat``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        self.room = max(16, room)
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.adopt(keys, values)
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Make ``keys``/``values`` the layer's content, copied into a fresh buffer."""
+        b, h, n, d = keys.shape
+        self._k = keys.new_empty(b, h, n + self.room, d)
+        self._v = values.new_empty(b, h, n + self.room, d)
+        self._k[:, :, :n], self._v[:, :, :n] = keys, values
+        self._n = n
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = self._n + key_states.shape[-2]
+        if n > self._k.shape[2]:
+            self.adopt(self.keys, self.values)
+        self._k[:, :, self._n : n], self._v[:, :, self._n : n] = key_states, value_states
+        self._n = n
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.adopt(self.keys[indices], self.values[indices])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        self.adopt(self.keys, self.values)
+
+
 class _Batch:
     """One model's KV cache over a changing set of rows (left-padded, own position ids)."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, room: int = 64):
         self.model = model
+        self.room = room  # spare positions each growing cache layer keeps
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [B, L] 1 where the cache column holds a token
         self.pos: torch.Tensor | None = None  # [B] position id of the next token
@@ -85,8 +126,15 @@ class _Batch:
         return 0 if self.mask is None else self.mask.shape[0]
 
     def can_join(self) -> bool:
-        """Rows can join a running batch only when every cache layer is a plain dynamic one."""
-        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        """Rows can join a running batch only when every cache layer is a growing one."""
+        return self.cache is None or all(type(layer) is GrowingLayer for layer in self.cache.layers)
+
+    def _grow(self, cache: DynamicCache) -> DynamicCache:
+        """Swap every plain dynamic layer of ``cache`` for a :class:`GrowingLayer`."""
+        for i, layer in enumerate(cache.layers):
+            if type(layer) is DynamicLayer and layer.is_initialized:
+                cache.layers[i] = GrowingLayer(layer.keys, layer.values, self.room)
+        return cache
 
     @torch.inference_mode()
     def admit(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -107,7 +155,7 @@ class _Batch:
         )
         new_pos = mask.sum(-1)
         if self.cache is None:
-            self.cache, self.mask, self.pos = out.past_key_values, mask, new_pos
+            self.cache, self.mask, self.pos = self._grow(out.past_key_values), mask, new_pos
         else:
             self._join(out.past_key_values, mask, new_pos)
         return out.logits[:, -1]
@@ -124,8 +172,8 @@ class _Batch:
             return torch.cat([x.new_zeros(shape), x], dim=dim)
 
         for old, new in zip(self.cache.layers, cache.layers):
-            old.keys = torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], 0)
-            old.values = torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], 0)
+            keys = torch.cat([left_pad(old.keys, 2), left_pad(new.keys, 2)], 0)
+            old.adopt(keys, torch.cat([left_pad(old.values, 2), left_pad(new.values, 2)], 0))
         self.mask = torch.cat([left_pad(self.mask, 1), left_pad(mask, 1)], 0)
         self.pos = torch.cat([self.pos, pos], 0)
 
@@ -148,14 +196,14 @@ class _Batch:
         if rows.numel() == 0:
             self.cache = self.mask = self.pos = None
             return
-        self.cache.batch_select_indices(rows)
         self.mask, self.pos = self.mask[rows], self.pos[rows]
-        if self.can_join():
-            first = int(self.mask.any(0).nonzero()[0])
-            if first:
-                for layer in self.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-                self.mask = self.mask[:, first:]
+        first = int(self.mask.any(0).nonzero()[0]) if self.can_join() else 0
+        for layer in self.cache.layers:
+            if first:  # drop the leading columns that only padding uses
+                layer.adopt(layer.keys[rows, :, first:], layer.values[rows, :, first:])
+            else:
+                layer.batch_select_indices(rows)
+        self.mask = self.mask[:, first:]
 
 
 Combine = Callable[[list[torch.Tensor]], torch.Tensor]
@@ -165,6 +213,67 @@ argmax is the next token; plain greedy decoding has one model and takes its logi
 
 def _first(logits: list[torch.Tensor]) -> torch.Tensor:
     return logits[0]
+
+
+def contrastive_scores(expert: torch.Tensor, amateur: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Contrastive-decoding scores (O'Brien & Lewis 2023, "Contrastive Decoding Improves
+    Reasoning in Large Language Models"): ``(1 + beta) * expert - beta * amateur`` on the
+    raw logits ``[B, V]``, ``-inf`` where the expert's probability is below ``alpha`` times
+    its largest one. Both logit tensors are cut to their common vocabulary width."""
+    v = min(expert.shape[-1], amateur.shape[-1])
+    e, a = expert[..., :v].float(), amateur[..., :v].float()
+    scores = (1 + beta) * e - beta * a
+    log_p = torch.log_softmax(e, dim=-1)
+    implausible = log_p < log_p.max(dim=-1, keepdim=True).values + math.log(alpha) if alpha > 0 else None
+    return scores if implausible is None else scores.masked_fill(implausible, -math.inf)
+
+
+def contrastive_combine(alpha: float, beta: float) -> Combine:
+    """:data:`Combine` for ``greedy_decode([expert, amateur], ...)``: contrastive decoding."""
+    return lambda logits: contrastive_scores(logits[0], logits[1], alpha, beta)
+
+
+Pick = Callable[[torch.Tensor, list[int], list[int]], torch.Tensor]
+"""Chooses the next token of each row from its scores ``[B, V]``, given the rows' prompt
+indices and how many tokens each has so far; greedy decoding takes the argmax."""
+
+
+def _argmax(scores: torch.Tensor, index: list[int], steps: list[int]) -> torch.Tensor:
+    return scores.argmax(-1)
+
+
+@dataclass
+class TopPSampler:
+    """Sampling with ``temperature`` and nucleus ``top_p`` (temperature first, then the
+    smallest set of tokens whose probability reaches ``top_p``). The draw of row ``i`` at
+    step ``t`` uses its own generator seeded from ``(seeds[i], t)``, so a sequence does
+    not depend on which others share its batch or on restarts."""
+
+    temperature: float
+    top_p: float
+    seeds: list[int]
+
+    def __call__(self, scores: torch.Tensor, index: list[int], steps: list[int]) -> torch.Tensor:
+        probs = nucleus_probs(scores.float(), self.temperature, self.top_p).cpu()
+        out = []
+        for row, i, t in zip(probs, index, steps):
+            g = torch.Generator().manual_seed((self.seeds[i] * 1_000_003 + t) % 2**63)
+            out.append(int(torch.multinomial(row, 1, generator=g)))
+        return torch.tensor(out, device=scores.device)
+
+
+def nucleus_probs(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """``softmax(scores / temperature)`` ``[B, V]`` restricted to the top-p nucleus and renormalised."""
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p >= 1:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
+    drop = before >= top_p
+    drop[..., 0] = False  # the most likely token always stays
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def greedy_decode(
@@ -177,6 +286,7 @@ def greedy_decode(
     keep_logits: bool = False,
     combine: Combine = _first,
     on_result: Callable[[int, Completion], None] | None = None,
+    pick: Pick = _argmax,
 ) -> list[Completion]:
     """Greedy completions of ``prompts`` (token ids, no padding), in input order.
 
@@ -188,7 +298,8 @@ def greedy_decode(
     called as soon as prompt ``i`` is finished; the kept logits then go to it alone (the
     returned completions have none), so memory holds only the running sequences' logits.
     On out-of-memory the running sequences are restarted with half the batch size (results
-    do not change: decoding is deterministic).
+    do not change: decoding is deterministic). ``pick`` replaces the argmax (e.g.
+    :class:`TopPSampler` for sampled solutions).
     """
     models = models if isinstance(models, list) else [models]
     if not prompts:
@@ -212,6 +323,7 @@ def greedy_decode(
                 combine,
                 results,
                 on_result,
+                pick,
             )
         except torch.OutOfMemoryError:
             if batch_size == 1:
@@ -225,7 +337,7 @@ def greedy_decode(
 
 
 def _decode(
-    models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine, results, on_result
+    models, prompts, queue, max_new_tokens, stops, pad_id, batch_size, keep_logits, combine, results, on_result, pick
 ) -> None:
     batches = [_Batch(m) for m in models]
     rows = _Rows()
@@ -235,7 +347,8 @@ def _decode(
     def choose(logits: list[torch.Tensor], start: int) -> None:
         """Pick the next token of rows ``start:``; finish rows that stop or reach the budget."""
         nonlocal pending
-        tokens = combine(logits).argmax(-1)
+        at = range(start, len(rows.index))
+        tokens = pick(combine(logits), [rows.index[r] for r in at], [len(rows.ids[r]) for r in at])
         for r, tok in enumerate(tokens.tolist(), start):
             rows.ids[r].append(tok)
             if keep_logits:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding import greedy_decode, greedy_sampling_params, vllm_engine_args
+from ..decoding import _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
 from ..models import end_token_ids
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,35 @@ class Generated:
 OnResult = Callable[[int, Generated], None]
 
 
+@dataclass
+class Contrastive:
+    """Contrastive decoding against ``amateur`` (see :func:`decoding.contrastive_scores`)."""
+
+    amateur: PreTrainedModel
+    alpha: float = 0.1
+    beta: float = 0.5
+
+
 class HFGenerator:
-    """Greedy decoding of many prompts with a batch kept full (refill as sequences finish)."""
+    """Greedy decoding of many prompts with a batch kept full (refill as sequences finish);
+    with ``contrastive`` the amateur runs beside the model (its own KV cache) and each token
+    is the argmax of the contrastive scores."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, batch_size: int = 0
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_new_tokens: int,
+        batch_size: int = 0,
+        contrastive: Contrastive | None = None,
     ):
         self.model, self.tok = model, tokenizer
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.stops = end_token_ids(model.generation_config.eos_token_id, tokenizer, chat_ends=True)
+        self.models, self.combine = [model], _first
+        if contrastive is not None:
+            self.models = [model, contrastive.amateur]
+            self.combine = contrastive_combine(contrastive.alpha, contrastive.beta)
 
     def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
         ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -55,7 +75,14 @@ class HFGenerator:
 
         callback = None if on_result is None else (lambda i, comp: on_result(i, wrap(i, comp)))
         comps = greedy_decode(
-            self.model, ids, self.max_new_tokens, self.stops, self.tok.pad_token_id, self.batch_size, on_result=callback
+            self.models,
+            ids,
+            self.max_new_tokens,
+            self.stops,
+            self.tok.pad_token_id,
+            self.batch_size,
+            combine=self.combine,
+            on_result=callback,
         )
         return [wrap(i, c) for i, c in enumerate(comps)]
 

@@ -23,10 +23,18 @@ from ..io import (
     model_fingerprint,
     read_json_lines,
 )
-from ..models import load_model, load_tokenizer, load_with_adapter, resolve_device, resolve_dtype, resolve_source
+from ..models import (
+    check_pair,
+    load_model,
+    load_tokenizer,
+    load_with_adapter,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
 from ..prompts import build_prompt
 from .benchmarks import get_benchmark, grade_completion, load_items
-from .generation import HFGenerator, VLLMGenerator, vllm_available
+from .generation import Contrastive, HFGenerator, VLLMGenerator, vllm_available
 
 FINGERPRINT = "fingerprint.json"
 DISPLAY = {
@@ -79,6 +87,15 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
         "system_prompt": cfg.system_prompt,
         "seed": cfg.seed,
         "data": data,
+    } | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
+
+
+def cd_fingerprint(cfg: EvalConfig) -> dict:
+    """Contrastive decoding's part of the fingerprint (absent for plain greedy evaluations)."""
+    return {
+        "contrastive_amateur": model_fingerprint(cfg.contrastive_amateur),
+        "cd_alpha": cfg.cd_alpha,
+        "cd_beta": cfg.cd_beta,
     }
 
 
@@ -123,6 +140,20 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def check_contrastive(cfg: EvalConfig, backend: str) -> None:
+    if not cfg.contrastive_amateur:
+        return
+    if backend == "vllm":
+        raise LightReasonerError(
+            "--contrastive-amateur: contrastive decoding needs both models' logits at every step, which vLLM does "
+            "not expose; use --backend hf"
+        )
+    if not (0 <= cfg.cd_alpha <= 1):
+        raise LightReasonerError("--cd-alpha: must be in [0, 1]")
+    if cfg.cd_beta < 0:
+        raise LightReasonerError("--cd-beta: must be at least 0")
+
+
 def make_generator(cfg: EvalConfig, backend: str):
     """The model (+ adapter) behind a generation backend (``hf`` or ``vllm``), loaded once."""
     src = resolve_source(cfg.model, cfg.allow_pickle, "model")
@@ -134,14 +165,21 @@ def make_generator(cfg: EvalConfig, backend: str):
     model = load_model(src, resolve_dtype(cfg.dtype, device), device, cfg.allow_pickle, cfg.trust_remote_code)
     if cfg.adapter:
         model = load_with_adapter(model, cfg.adapter)
-    return tok, HFGenerator(model, tok, cfg.max_new_tokens, cfg.batch_size)
+    contrastive = None
+    if cfg.contrastive_amateur:
+        asrc = resolve_source(cfg.contrastive_amateur, cfg.allow_pickle, "contrastive amateur")
+        check_pair(tok, load_tokenizer(asrc, cfg.trust_remote_code))
+        amateur = load_model(asrc, model.dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
+        contrastive = Contrastive(amateur, cfg.cd_alpha, cfg.cd_beta)
+    return tok, HFGenerator(model, tok, cfg.max_new_tokens, cfg.batch_size, contrastive)
 
 
 def run_name(cfg: EvalConfig) -> str:
     if cfg.name:
         return cfg.name
     name = Path(cfg.model.rstrip("/")).name
-    return f"{name} + {Path(cfg.adapter.rstrip('/')).name}" if cfg.adapter else name
+    name = f"{name} + {Path(cfg.adapter.rstrip('/')).name}" if cfg.adapter else name
+    return f"{name} + CD" if cfg.contrastive_amateur else name
 
 
 def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
@@ -152,6 +190,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
     names = benchmark_names(cfg.benchmarks)
     backend = check_backend(cfg.backend)
+    check_contrastive(cfg, backend)
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
