@@ -13,11 +13,21 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
-from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml, section
+from .config import (
+    EvalConfig,
+    MergeConfig,
+    RunConfig,
+    SampleConfig,
+    SFTConfig,
+    TrainConfig,
+    build,
+    read_yaml,
+    section,
+)
 from .errors import LightReasonerError
 from .io import friendly_os_errors
 
-STAGES = ("sample", "train", "merge", "eval", "run")
+STAGES = ("sample", "train", "sft", "merge", "eval", "run")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -80,6 +90,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, show_progress=not args.quiet)
     _print_summary(summary, ("records", "tuned_tokens", "optimizer_steps", "train_loss", "seconds"))
     print(f"adapter saved in {cfg.output_dir}")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from .sft import sft
+
+    cfg = load_config(SFTConfig, args, "sft")
+    summary = sft(cfg, show_progress=not args.quiet)
+    keys = ("problems_attempted", "sampled_problems", "samples", "acceptance_rate", "kept_solutions")
+    _print_summary(summary, (*keys, "tuned_tokens", "sampling_seconds", "fine_tuning_seconds"))
+    print(f"solutions.jsonl, adapter and sft_summary.json in {cfg.output_dir}")
     return 0
 
 
@@ -159,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true")
     add("sample", cmd_sample, "stage 1: expert trajectories -> contrastive soft-label records", SampleConfig)
     add("train", cmd_train, "stage 2: LoRA fine-tuning of the expert on soft labels", TrainConfig)
+    add(
+        "sft",
+        cmd_sft,
+        "baseline: rejection-sampling SFT (sample solutions, keep the correct ones, LoRA-tune on them)",
+        SFTConfig,
+    )
     add("merge", cmd_merge, "merge a LoRA adapter into its base model", MergeConfig)
     add("eval", cmd_eval, "zero-shot pass@1 on math benchmarks, graded like the Qwen2.5-Math toolkit", EvalConfig)
     p = add(

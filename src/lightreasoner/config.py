@@ -63,10 +63,9 @@ class SampleConfig(ModelOptions):
 
 
 @dataclass
-class TrainConfig(ModelOptions):
-    model: str = opt(None, "expert model to fine-tune", required=True)
-    samples: str = opt(None, "soft-label records (ours or the release's JSONL)", required=True)
-    output_dir: str = opt(None, "where checkpoints and the final adapter go", required=True)
+class LoraOptions(ModelOptions):
+    """LoRA fine-tuning settings shared by ``train`` and the ``sft`` baseline."""
+
     max_steps: int = opt(1000, "optimizer steps (ignored when --epochs is set)")
     epochs: float = opt(None, "train for this many epochs instead of --max-steps")
     learning_rate: float = opt(5e-5, "peak learning rate (linear decay)")
@@ -76,6 +75,17 @@ class TrainConfig(ModelOptions):
     lora_alpha: int = opt(16, "LoRA alpha")
     lora_dropout: float = opt(0.05, "LoRA dropout")
     target_modules: str = opt("q_proj,v_proj", "comma-separated module names that get LoRA")
+    save_steps: int = opt(200, "checkpoint every N steps")
+    logging_steps: int = opt(10, "log every N steps")
+    seed: int = opt(42, "training seed (also orders trajectories)")
+    resume: bool = opt(False, "continue from the last checkpoint in --output-dir")
+
+
+@dataclass
+class TrainConfig(LoraOptions):
+    model: str = opt(None, "expert model to fine-tune", required=True)
+    samples: str = opt(None, "soft-label records (ours or the release's JSONL)", required=True)
+    output_dir: str = opt(None, "where checkpoints and the final adapter go", required=True)
     order: str = opt(
         "random",
         "random: records drawn at random each epoch, as the release does; "
@@ -83,10 +93,29 @@ class TrainConfig(ModelOptions):
     )
     pack: bool = opt(True, "records of one trajectory in a micro-batch share one sequence (--no-pack: one each)")
     system_prompt: str = opt(SAMPLING_SYSTEM_PROMPT, "system message used to rebuild prompts of release records")
-    save_steps: int = opt(200, "checkpoint every N steps")
-    logging_steps: int = opt(10, "log every N steps")
-    seed: int = opt(42, "training seed (also orders trajectories)")
-    resume: bool = opt(False, "continue from the last checkpoint in --output-dir")
+
+
+@dataclass
+class SFTConfig(LoraOptions):
+    """Rejection-sampling SFT: sample solutions, keep the correct ones, LoRA-tune on them."""
+
+    model: str = opt(None, "expert model: samples the solutions and is fine-tuned", required=True)
+    data: str = opt(None, "problems with gold answers: JSONL (GSM8K layout) or reasoning-gym:<task>", required=True)
+    output_dir: str = opt(None, "solutions.jsonl, checkpoints, the adapter and sft_summary.json", required=True)
+    question_field: str = opt("question", "field holding the question in each JSONL line")
+    answer_field: str = opt("answer", "field holding the gold answer (GSM8K's '... #### N' keeps N)")
+    split: str = opt("train", "dataset split (hub datasets)")
+    max_problems: int = opt(None, "use only the first N problems")
+    data_seed: int = opt(0, "seed for generated problem sources (reasoning-gym)")
+    samples_per_problem: int = opt(4, "solutions sampled per problem")
+    temperature: float = opt(0.7, "sampling temperature")
+    top_p: float = opt(0.95, "nucleus sampling: smallest token set with this much probability")
+    max_new_tokens: int = opt(512, "most tokens per sampled solution")
+    keep_per_problem: int = opt(4, "most distinct correct solutions kept per problem")
+    target_problems: int = opt(None, "stop sampling once this many problems have a kept solution")
+    sample_batch_size: int = opt(0, "most solutions decoded together (0: as many as fit in memory)")
+    system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message: the evaluation's, so answers come boxed")
+    overwrite: bool = opt(False, "discard solutions and checkpoints already in --output-dir and start again")
 
 
 @dataclass

@@ -21,6 +21,7 @@ class Problem:
     index: int
     question: str
     answer: str | None = None
+    where: str = ""  # "file:line" or "dataset row i", for error messages
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -73,7 +74,7 @@ def load_problems(
                 break
             q = _question_of(obj, question_field, f"{path}:{lineno}")
             ans = obj.get(answer_field) if answer_field else None
-            problems.append(Problem(len(problems), q, None if ans is None else str(ans)))
+            problems.append(Problem(len(problems), q, None if ans is None else str(ans), f"{path}:{lineno}"))
     else:
         problems = _hub_problems(source, question_field, answer_field, max_problems, split)
     if not problems:
@@ -95,7 +96,7 @@ def _hub_problems(name: str, question_field: str, answer_field: str | None, limi
     for i, row in enumerate(ds):
         q = _question_of(row, question_field, f"{name} row {i}")
         ans = row.get(answer_field) if answer_field else None
-        out.append(Problem(i, q, None if ans is None else str(ans)))
+        out.append(Problem(i, q, None if ans is None else str(ans), f"{name} row {i}"))
     return out
 
 
@@ -107,4 +108,4 @@ def reasoning_gym_problems(task: str, size: int, seed: int) -> list[Problem]:
         ds = reasoning_gym.create_dataset(task, size=size, seed=seed)
     except Exception as e:
         raise LightReasonerError(f"reasoning-gym task {task!r}: cannot create it ({e})") from e
-    return [Problem(i, e["question"], str(e["answer"])) for i, e in enumerate(ds)]
+    return [Problem(i, e["question"], str(e["answer"]), f"reasoning-gym:{task} #{i}") for i, e in enumerate(ds)]

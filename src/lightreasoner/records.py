@@ -153,12 +153,13 @@ class ResumableWriter:
             self.partial.write_bytes(b"")
             append_synced(self.progress, json.dumps({"fingerprint": self.fingerprint}) + "\n")
 
-    def commit(self, index: int, records: Iterable[SoftLabelRecord], stats: dict) -> None:
-        """Durably write one problem's records, then mark the problem done."""
+    def commit(self, index: int, records: Iterable[SoftLabelRecord | dict], stats: dict) -> None:
+        """Durably write one problem's records (records or plain JSON objects), then mark the problem done."""
         self._start()
         recs = list(records)
         if recs:
-            append_synced(self.partial, "".join(r.to_json() + "\n" for r in recs))
+            lines = (json.dumps(r, ensure_ascii=False) if isinstance(r, dict) else r.to_json() for r in recs)
+            append_synced(self.partial, "".join(line + "\n" for line in lines))
         entry = {"index": index, "records": len(recs), **stats}
         append_synced(self.progress, json.dumps(entry) + "\n")
         self.done[index] = entry

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, TaskType, get_peft_model
 from torch.utils.data import Dataset, Sampler
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .config import TrainConfig
+from .config import LoraOptions, TrainConfig
 from .contrast import soft_label_kl
 from .errors import LightReasonerError
 from .io import OutputLock, atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
@@ -110,7 +110,9 @@ class TrajectorySampler(Sampler[int]):
         return iter(trajectory_order(self.examples, self.seed + self.epoch))
 
 
-class SoftLabelDataset(Dataset):
+class IndexedDataset(Dataset):
+    """A list of examples; each item is ``(index, example)`` so losses can note who was seen."""
+
     def __init__(self, examples: list[TrainExample]):
         self.examples = examples
 
@@ -185,25 +187,16 @@ def soft_label_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> 
 SEEN_RECORDS = "seen_records.json"
 
 
-class SoftLabelTrainer(Trainer):
-    """The transformers Trainer with the soft-label KL loss and the record order of
-    ``order``; it also notes which records received a loss (saved with each checkpoint)."""
+class SeenTrainer(Trainer):
+    """The transformers Trainer, noting which dataset rows (``record_index`` of each batch)
+    received a loss; the set is saved with each checkpoint and restored on resume."""
 
-    def __init__(self, *args, order: str = "random", **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_is_scaled_for_ga = False  # the loss is a per-micro-batch mean: let Trainer divide by GA
-        self.order = order
         self.seen: set[int] = set()
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self.order == "trajectory":
-            return TrajectorySampler((train_dataset or self.train_dataset).examples, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def note_seen(self, inputs: dict) -> None:
         self.seen.update(inputs["record_index"].tolist())
-        loss = soft_label_loss(model, inputs)
-        return (loss, None) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -216,6 +209,25 @@ class SoftLabelTrainer(Trainer):
             self.seen = set(json.loads(path.read_text()))
 
 
+class SoftLabelTrainer(SeenTrainer):
+    """The soft-label KL loss and the record order of ``order``."""
+
+    def __init__(self, *args, order: str = "random", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = False  # the loss is a per-micro-batch mean: let Trainer divide by GA
+        self.order = order
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.order == "trajectory":
+            return TrajectorySampler((train_dataset or self.train_dataset).examples, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.note_seen(inputs)
+        loss = soft_label_loss(model, inputs)
+        return (loss, None) if return_outputs else loss
+
+
 def lora_model(model, cfg: TrainConfig):
     targets = [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
     lcfg = LoraConfig(
@@ -226,13 +238,14 @@ def lora_model(model, cfg: TrainConfig):
         bias="none",
         task_type=TaskType.CAUSAL_LM,
     )
+    set_seed(cfg.seed)  # the adapter's random initialisation is part of the run's seed
     try:
         return get_peft_model(model, lcfg)
     except ValueError as e:
         raise LightReasonerError(f"--target-modules {cfg.target_modules}: {e}") from e
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate_lora(cfg: LoraOptions) -> None:
     for name in ("batch_size", "grad_accum", "lora_r", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:
             raise LightReasonerError(f"--{name.replace('_', '-')}: must be at least 1")
@@ -240,10 +253,39 @@ def validate(cfg: TrainConfig) -> None:
         raise LightReasonerError("--max-steps: must be at least 1 (or set --epochs)")
     if cfg.epochs is not None and cfg.epochs <= 0:
         raise LightReasonerError("--epochs: must be positive")
-    if cfg.order not in ("random", "trajectory"):
-        raise LightReasonerError(f"--order {cfg.order!r}: choose random or trajectory")
     if not (0 <= cfg.lora_dropout < 1):
         raise LightReasonerError("--lora-dropout: must be in [0, 1)")
+
+
+def validate(cfg: TrainConfig) -> None:
+    validate_lora(cfg)
+    if cfg.order not in ("random", "trajectory"):
+        raise LightReasonerError(f"--order {cfg.order!r}: choose random or trajectory")
+
+
+def training_arguments(
+    cfg: LoraOptions, out: Path, dtype: torch.dtype, device: torch.device, show_progress: bool
+) -> TrainingArguments:
+    """The Trainer's arguments from our LoRA options (shared by ``train`` and ``sft``)."""
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        max_steps=-1 if cfg.epochs is not None else cfg.max_steps,
+        num_train_epochs=cfg.epochs or 1.0,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_pin_memory=device.type == "cuda",
+        disable_tqdm=not show_progress,
+    )
 
 
 def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
@@ -272,8 +314,13 @@ def train_fingerprint(cfg: TrainConfig) -> dict:
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:
     """``--resume`` continues only checkpoints made from the same model, records and settings."""
-    path, fp = out / TRAIN_FINGERPRINT, train_fingerprint(cfg)
-    if cfg.resume and path.exists() and get_last_checkpoint(str(out)):
+    check_checkpoints(out, train_fingerprint(cfg), cfg.resume)
+
+
+def check_checkpoints(out: Path, fp: dict, resume: bool) -> None:
+    """Refuse to resume checkpoints in ``out`` made under another fingerprint; record ``fp``."""
+    path = out / TRAIN_FINGERPRINT
+    if resume and path.exists() and get_last_checkpoint(str(out)):
         before = json.loads(path.read_text())
         if before != fp:
             raise LightReasonerError(
@@ -292,30 +339,12 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
     examples = to_examples(records, tok, logit_vocab_size(model), cfg.system_prompt)
     if not examples:
         raise LightReasonerError(f"{cfg.samples}: no record has a target id inside the model's vocabulary")
-    dataset = SoftLabelDataset(examples)
+    dataset = IndexedDataset(examples)
     model = lora_model(model, cfg)
     model.train()
 
     out = Path(cfg.output_dir)
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        max_steps=-1 if cfg.epochs is not None else cfg.max_steps,
-        num_train_epochs=cfg.epochs or 1.0,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=device.type == "cpu",
-        seed=cfg.seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_pin_memory=device.type == "cuda",
-        disable_tqdm=not show_progress,
-    )
+    args = training_arguments(cfg, out, dtype, device, show_progress)
     trainer = SoftLabelTrainer(
         model=model,
         args=args,
