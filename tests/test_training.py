@@ -211,3 +211,38 @@ def test_resume_refuses_checkpoints_of_other_inputs(pair, samples, tmp_path):
     with pytest.raises(LightReasonerError, match=r"changed: samples"):
         train(TrainConfig(**{**cfg, "samples": str(other)}, max_steps=2, resume=True), show_progress=False)
     assert train(TrainConfig(**cfg, max_steps=2, resume=True), show_progress=False)["optimizer_steps"] == 2
+
+
+def test_trainer_arguments_pass_through_yaml_and_flags(pair, tmp_path, monkeypatch, capsys):
+    import lightreasoner.training as training
+    from lightreasoner.cli import main
+    from lightreasoner.training import training_arguments
+
+    cfg_file = tmp_path / "t.yaml"
+    cfg_file.write_text("warmup_steps: 0.1\nweight_decay: 0.01\nbatch_size: 2\n")
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda cfg, show_progress=True: seen.setdefault("cfg", cfg) and {})
+    args = ["train", "-q", "--config", str(cfg_file), "--model", str(pair[0]), "--samples", "s.jsonl"]
+    args += ["--output-dir", str(tmp_path / "o"), "--lr-scheduler-type", "cosine", "--gradient-checkpointing"]
+    assert main(args) == 0
+    cfg = seen["cfg"]
+    assert cfg.batch_size == 2
+    want = {"warmup_steps": 0.1, "weight_decay": 0.01, "lr_scheduler_type": "cosine", "gradient_checkpointing": True}
+    assert cfg.trainer_args == want
+    targs = training_arguments(cfg, tmp_path / "o", torch.float32, torch.device("cpu"), False)
+    assert targs.warmup_steps == 0.1 and targs.weight_decay == 0.01 and targs.gradient_checkpointing
+    assert targs.lr_scheduler_type == "cosine" and targs.per_device_train_batch_size == 2
+
+    for bad, message in [
+        (["--warmup-ratio", "0.1"], "unknown option 'warmup_ratio'"),
+        (["--per-device-train-batch-size", "4"], "use --batch-size"),
+        (["--lr-scheduler-type", "sideways"], "not valid TrainingArguments"),
+    ]:
+        assert main([*args[:-3], *bad]) == 2
+        assert message in capsys.readouterr().err
+    cfg_file.write_text("warmup_stepz: 0.1\n")
+    assert main(args[:-3]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'warmup_stepz'" in err and "did you mean warmup_steps" in err
+    with pytest.raises(SystemExit):  # other stages take no TrainingArguments
+        main(["eval", "--model", "m", "--out", "o", "--warmup-steps", "0.1"])

@@ -28,6 +28,7 @@ from .errors import LightReasonerError
 from .io import friendly_os_errors
 
 STAGES = ("sample", "train", "sft", "merge", "eval", "run")
+TRAINER_STAGES = ("train", "sft")  # these also take any transformers.TrainingArguments field as a flag
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -50,7 +51,8 @@ def load_config(cls: type, args: argparse.Namespace, stage: str):
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     file_values = section(read_yaml(args.config), stage, STAGES) if args.config else None
-    return build(cls, file_values, flags, source=args.config or "config")
+    extra = getattr(args, "trainer_flags", [])
+    return build(cls, file_values, flags, source=args.config or "config", extra_flags=extra)
 
 
 def cmd_check_pair(args: argparse.Namespace) -> int:
@@ -207,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in TRAINER_STAGES:
+        parser.parse_args(argv)  # the usual "unrecognized arguments" message and exit
+    args.trainer_flags = extra  # other TrainingArguments fields (train, sft)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         with friendly_os_errors(args.command):

@@ -8,8 +8,11 @@ stages (``sample:``, ``train:``, ...) as a ``run`` config does.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +82,11 @@ class LoraOptions(ModelOptions):
     logging_steps: int = opt(10, "log every N steps")
     seed: int = opt(42, "training seed (also orders trajectories)")
     resume: bool = opt(False, "continue from the last checkpoint in --output-dir")
+    trainer_args: dict = opt(
+        {},
+        "any other transformers.TrainingArguments field (warmup_ratio, lr_scheduler_type, gradient_checkpointing, "
+        "deepspeed, fsdp, report_to, ...): as keys of this stage's YAML or as flags (--warmup-ratio 0.1)",
+    )
 
 
 @dataclass
@@ -220,18 +228,87 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
         raise LightReasonerError(f"{where}: option {name!r} expects {ftype}, got {value!r}") from None
 
 
-def build(cls: type[T], file_values: dict | None, flag_values: dict, source: str = "config") -> T:
-    """Instantiate ``cls`` from file values overridden by flags; checks names, types, required."""
+TRAINER_ARGS_OURS = {
+    "output_dir": "--output-dir",
+    "per_device_train_batch_size": "--batch-size",
+    "gradient_accumulation_steps": "--grad-accum",
+    "num_train_epochs": "--epochs",
+    "bf16": "--dtype",
+    "fp16": "--dtype",
+    "use_cpu": "--device",
+    "remove_unused_columns": None,
+}
+"""TrainingArguments fields set from our own options (or fixed): not accepted as pass-through."""
+
+
+def trainer_arg_names() -> set[str]:
+    """Fields of ``transformers.TrainingArguments`` a user may set."""
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def trainer_args(file_values: dict, flag_values: list[str], source: str, ours: Iterable[str] = ()) -> dict:
+    """Typed ``TrainingArguments`` fields from YAML keys and ``--name value`` flags, checked
+    by the Trainer's own parser; an unknown or reserved name is an error that names it."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from_file = {k.replace("-", "_"): v for k, v in file_values.items()}
+    from_flags = [t[2:].split("=", 1)[0].replace("-", "_") for t in flag_values if t.startswith("--")]
+    if flag_values and not from_flags:
+        raise LightReasonerError(f"unexpected argument(s): {' '.join(flag_values)}")
+    known = trainer_arg_names()
+    for name, where in [*((k, source) for k in from_file), *((k, "--" + k.replace("_", "-")) for k in from_flags)]:
+        if name in TRAINER_ARGS_OURS:
+            instead = TRAINER_ARGS_OURS[name]
+            hint = f"use {instead}" if instead else "lightreasoner sets it"
+            raise LightReasonerError(f"{where}: TrainingArguments field {name!r} is set by this stage ({hint})")
+        if name not in known:
+            close = difflib.get_close_matches(name, known | set(ours), n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise LightReasonerError(
+                f"{where}: unknown option {name!r} (not an option of this stage nor a TrainingArguments field{hint})"
+            )
+    parser = HfArgumentParser(TrainingArguments)
+    try:
+        if from_file:
+            parser.parse_dict({"output_dir": "unused", **from_file})
+        parsed = {}
+        if from_flags:
+            (args,) = parser.parse_args_into_dataclasses(args=["--output_dir", "unused", *flag_values])
+            parsed = {k: getattr(args, k) for k in from_flags}
+            parsed = {k: v.value if isinstance(v, Enum) else v for k, v in parsed.items()}  # plain YAML/JSON values
+    except (ValueError, TypeError, SystemExit) as e:
+        where = " ".join(flag_values) if from_flags else source
+        raise LightReasonerError(f"{where}: not valid TrainingArguments ({e})") from None
+    return {**from_file, **parsed}
+
+
+def build(
+    cls: type[T], file_values: dict | None, flag_values: dict, source: str = "config", extra_flags: list[str] = ()
+) -> T:
+    """Instantiate ``cls`` from file values overridden by flags; checks names, types, required.
+    For training stages, other ``TrainingArguments`` fields (file keys or ``extra_flags``)
+    go to ``trainer_args``."""
     names = {f.name for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
+    passthrough: dict[str, Any] = {}
     for k, v in (file_values or {}).items():
         key = k.replace("-", "_")
+        if key not in names and "trainer_args" in names:  # checked against TrainingArguments below
+            passthrough[key] = v
+            continue
         if key not in names:
             raise LightReasonerError(f"{source}: unknown option {k!r} (known: {', '.join(sorted(names))})")
         merged[key] = _coerce(cls, key, v, source)
     for k, v in flag_values.items():
         if v is not None:
             merged[k] = _coerce(cls, k, v, f"--{k.replace('_', '-')}")
+    passthrough = {**merged.pop("trainer_args", {}), **passthrough}
+    if passthrough or extra_flags:
+        if "trainer_args" not in names:
+            raise LightReasonerError(f"unknown option(s): {' '.join(extra_flags)}")
+        merged["trainer_args"] = trainer_args(passthrough, list(extra_flags), source, names)
     cfg = cls(**merged)
     missing = [f.name for f in dataclasses.fields(cls) if f.metadata.get("required") and getattr(cfg, f.name) is None]
     if missing:

@@ -38,8 +38,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import LoraOptions, TrainConfig
 from .contrast import soft_label_kl
+from .distributed import is_main, main_lock, single_device_warning
 from .errors import LightReasonerError
-from .io import OutputLock, atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
+from .io import atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
 from .records import SoftLabelRecord, read_records
@@ -266,8 +267,11 @@ def validate(cfg: TrainConfig) -> None:
 def training_arguments(
     cfg: LoraOptions, out: Path, dtype: torch.dtype, device: torch.device, show_progress: bool
 ) -> TrainingArguments:
-    """The Trainer's arguments from our LoRA options (shared by ``train`` and ``sft``)."""
-    return TrainingArguments(
+    """The Trainer's arguments from our LoRA options (shared by ``train`` and ``sft``), then
+    any other ``TrainingArguments`` field the user gave (``trainer_args``). One process never
+    wraps the model in ``nn.DataParallel``: with several GPUs it uses one (and says how to
+    launch on all)."""
+    base = dict(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -286,6 +290,11 @@ def training_arguments(
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=not show_progress,
     )
+    args = TrainingArguments(**{**base, **cfg.trainer_args})
+    if args.n_gpu > 1:
+        log.warning(single_device_warning(args.n_gpu))
+        args._n_gpu = 1
+    return args
 
 
 def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
@@ -294,7 +303,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
     records = read_records(cfg.samples)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out):
+    with main_lock(out):
         check_resume(cfg, out)
         return _train_locked(cfg, records, show_progress)
 
@@ -327,7 +336,8 @@ def check_checkpoints(out: Path, fp: dict, resume: bool) -> None:
                 f"{out} holds checkpoints made from other inputs or settings "
                 f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --output-dir or drop --resume"
             )
-    atomic_write_json(path, fp)
+    if is_main():
+        atomic_write_json(path, fp)
 
 
 def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progress: bool) -> dict:
@@ -360,9 +370,12 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    main = trainer.is_world_process_zero()
+    if main:
+        model.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
     steps = trainer.state.global_step
+    world = trainer.args.world_size
     updates = round(trainer.state.epoch * len(dataset))  # records that received a loss, repeats included
     summary = {
         "records": len(dataset),
@@ -375,7 +388,10 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
         "seconds": seconds,
         "seconds_per_record": seconds / max(1, updates),
         "packed": cfg.pack,
+        "processes": world,
+        "global_batch": cfg.batch_size * world * cfg.grad_accum,
         "config": asdict(cfg),
     }
-    atomic_write_json(out / TRAIN_SUMMARY, summary)
+    if main:
+        atomic_write_json(out / TRAIN_SUMMARY, summary)
     return summary
