@@ -70,6 +70,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     cfg = load_config(SampleConfig, args, "sample")
     summary = sample(cfg, show_progress=not args.quiet)
+    if not _is_main():
+        return 0
     _print_summary(
         summary,
         (
@@ -90,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(TrainConfig, args, "train")
     summary = train(cfg, show_progress=not args.quiet)
+    if not _is_main():
+        return 0
     _print_summary(summary, ("records", "tuned_tokens", "optimizer_steps", "train_loss", "seconds"))
     print(f"adapter saved in {cfg.output_dir}")
     return 0
@@ -100,6 +104,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
     cfg = load_config(SFTConfig, args, "sft")
     summary = sft(cfg, show_progress=not args.quiet)
+    if not _is_main():
+        return 0
     keys = ("problems_attempted", "sampled_problems", "samples", "acceptance_rate", "kept_solutions")
     _print_summary(summary, (*keys, "tuned_tokens", "sampling_seconds", "fine_tuning_seconds"))
     print(f"solutions.jsonl, adapter and sft_summary.json in {cfg.output_dir}")
@@ -119,6 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(EvalConfig, args, "eval")
     summary = evaluate(cfg, show_progress=not args.quiet)
+    if not _is_main():
+        return 0
     print(markdown_table([summary]))
     print(f"per-problem results, summary.json and results.md in {cfg.out}")
     return 0
@@ -151,6 +159,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in fig["stage_seconds"].items()))
     print(f"report: {cfg.out}/report.md")
     return 0
+
+
+def _is_main() -> bool:
+    """Only the main process of a launched run prints results (the others return quietly)."""
+    from .distributed import is_main
+
+    return is_main()
 
 
 def _print_summary(summary: dict, keys: tuple[str, ...]) -> None:

@@ -27,10 +27,12 @@ def launched() -> bool:
 
 
 def state():
-    """accelerate's ``PartialState`` (initialises the process group under a launcher)."""
+    """accelerate's ``PartialState`` (initialises the process group under a launcher: NCCL
+    with GPUs, gloo on CPUs)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def rank_and_world() -> tuple[int, int]:

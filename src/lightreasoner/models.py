@@ -8,6 +8,7 @@ Weights load from safetensors (or GGUF); pickle ``.bin`` checkpoints only with
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto`` → ``cuda`` when available, else ``cpu``. Under a launcher (``WORLD_SIZE``
+    set), ``auto`` and ``cuda`` mean this process's own GPU (``cuda:LOCAL_RANK``)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LightReasonerError(f"--device {device}: CUDA is not available on this machine")
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        return torch.device("cuda")
+    if device == "auto":
+        return torch.device("cpu")
     return torch.device(device)
 
 

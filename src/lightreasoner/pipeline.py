@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -60,8 +62,55 @@ def load_run_config(path: str | None, flags: dict, quick: bool) -> RunConfig:
 @dataclass
 class Stage:
     name: str
+    command: str  # the lightreasoner subcommand that runs it
     done: Callable[[], bool]
-    run: Callable[[], object]
+    distributed: bool = True  # started through accelerate when the run has several processes
+
+
+def stage_command(cfg: RunConfig, stage: Stage, config_file: Path, quiet: bool) -> list[str]:
+    """The command line of one stage: ``python -m lightreasoner CMD --config FILE``, through
+    ``accelerate launch`` when the run asks for several processes or an accelerate config."""
+    tail = ["-m", "lightreasoner", stage.command, "--config", str(config_file), *(["-q"] if quiet else [])]
+    several = cfg.num_processes > 1 or cfg.accelerate_config or cfg.launch
+    if not (stage.distributed and several):
+        return [sys.executable, *tail]
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg.accelerate_config:
+        launch += ["--config_file", cfg.accelerate_config]
+    else:  # the torchrun launcher (NCCL on GPUs, gloo on CPUs), without accelerate's default-value warnings
+        launch += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--num_machines", "1"] if "num_machines" not in cfg.launch else []
+    if cfg.num_processes > 1 or not cfg.accelerate_config:
+        launch += ["--num_processes", str(cfg.num_processes)]
+    for k, v in cfg.launch.items():
+        launch += [f"--{k}", str(v)] if v is not True else [f"--{k}"]
+    return [*launch, *tail]
+
+
+def _die_with_parent() -> None:
+    """In the stage's process (Linux): receive SIGTERM when the run's process dies, so a
+    killed run leaves no stage running on its own."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -> None:
+    """Run one stage in its own process (so its memory, GPU memory and engines are gone
+    when it ends); a failure stops the run with the stage's name and exit status."""
+    config_file = run / "stages" / f"{stage.command}-{stage.name.split()[0]}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    values = {k: v for k, v in asdict(stage_cfg).items() if v is not None}
+    atomic_write_text(config_file, yaml.safe_dump({stage.command: values}, sort_keys=False))
+    cmd = stage_command(cfg, stage, config_file, quiet)
+    log.info("[%s] %s", stage.name, " ".join(cmd))
+    code = subprocess.call(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    if code != 0:
+        raise LightReasonerError(
+            f"stage '{stage.name}' failed (exit status {code}; its message is above). "
+            "Fix the cause and run the same command again: finished stages and finished work are kept."
+        )
 
 
 def stage_configs(cfg: RunConfig) -> dict:
@@ -166,7 +215,12 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
 
 
 def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
-    """Run (or resume) every stage, then write the report; returns the report's figures."""
+    """Run (or resume) every stage, each in its own process, then write the report;
+    returns the report's figures."""
+    if cfg.num_processes < 1:
+        raise LightReasonerError("--num-processes: must be at least 1")
+    if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
+        raise LightReasonerError(f"--accelerate-config {cfg.accelerate_config}: no such file")
     run = Path(cfg.out)
     run.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(run), friendly_os_errors(run):
@@ -174,11 +228,8 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
 
 
 def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
-    from .evaluation.runner import evaluate
-    from .merge import merge
     from .report import write_report
-    from .sampling import sample
-    from .training import TRAIN_SUMMARY, train
+    from .training import TRAIN_SUMMARY
 
     resolved = asdict(cfg)
     _check_same_settings(run, resolved)
@@ -188,35 +239,24 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     stages = [
-        Stage(
-            "baseline evaluation",
-            lambda: (Path(configs["baseline"].out) / "summary.json").exists(),
-            lambda: evaluate(configs["baseline"], show_progress),
+        (
+            Stage("baseline evaluation", "eval", lambda: (Path(configs["baseline"].out) / "summary.json").exists()),
+            "baseline",
         ),
-        Stage(
-            "sampling", lambda: Path(configs["sample"].out).exists(), lambda: sample(configs["sample"], show_progress)
-        ),
-        Stage(
-            "fine-tuning",
-            lambda: (Path(configs["train"].output_dir) / TRAIN_SUMMARY).exists(),
-            lambda: train(configs["train"], show_progress),
-        ),
-        Stage("merge", lambda: (Path(configs["merge"].out) / "config.json").exists(), lambda: merge(configs["merge"])),
-        Stage(
-            "tuned evaluation",
-            lambda: (Path(configs["tuned"].out) / "summary.json").exists(),
-            lambda: evaluate(configs["tuned"], show_progress),
-        ),
+        (Stage("sampling", "sample", lambda: Path(configs["sample"].out).exists()), "sample"),
+        (Stage("fine-tuning", "train", lambda: (Path(configs["train"].output_dir) / TRAIN_SUMMARY).exists()), "train"),
+        (Stage("merge", "merge", lambda: (Path(configs["merge"].out) / "config.json").exists(), False), "merge"),
+        (Stage("tuned evaluation", "eval", lambda: (Path(configs["tuned"].out) / "summary.json").exists()), "tuned"),
     ]
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    for stage in stages:
+    for stage, key in stages:
         if stage.done():
             log.info("[%s] already complete, skipped", stage.name)
             continue
         log.info("[%s] starting", stage.name)
         t0 = time.perf_counter()
-        stage.run()
+        run_stage(cfg, stage, configs[key], run, quiet=not show_progress)
         timings[stage.name] = time.perf_counter() - t0
         atomic_write_json(timings_path, timings)
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])

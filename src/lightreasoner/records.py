@@ -8,6 +8,7 @@ written here also carry the exact token ids, so training needs no re-tokenisatio
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -82,18 +83,24 @@ def summary_path(out: str | Path) -> Path:
 
 
 class ResumableWriter:
-    """Append-per-problem JSONL output that survives being killed at any moment.
+    """Append-per-problem JSONL output that survives being killed at any moment, written
+    by one process or by several (ranks) at once.
 
-    While running, records go to ``OUT.partial`` and one line per finished problem
-    to ``OUT.progress`` (after its records are flushed and synced). On restart the
-    partial file is cut back to the records of finished problems, so nothing is
-    lost or written twice. :meth:`finish` renames the partial file to ``OUT``.
+    While running, records go to ``OUT.partial`` and one line per finished problem to
+    ``OUT.progress`` (after its records are flushed and synced); rank ``r > 0`` of a
+    multi-process run writes ``OUT.rank<r>.partial`` / ``.progress`` instead. On restart
+    each writer cuts its own partial file back to the records of finished problems and
+    reads the other shards' progress (read-only), so :attr:`done` holds every finished
+    problem whatever the number of processes before. :meth:`finish` (main process) merges
+    the finished records of all shards into ``OUT`` in problem order and removes the shards.
     """
 
-    def __init__(self, out: str | Path, fingerprint: dict, overwrite: bool = False):
+    def __init__(self, out: str | Path, fingerprint: dict, overwrite: bool = False, rank: int = 0):
         self.out = Path(out)
-        self.partial = self.out.with_name(self.out.name + ".partial")
-        self.progress = self.out.with_name(self.out.name + ".progress")
+        self.rank = rank
+        stem = self.out.name if rank == 0 else f"{self.out.name}.rank{rank}"
+        self.partial = self.out.with_name(stem + ".partial")
+        self.progress = self.out.with_name(stem + ".progress")
         self.fingerprint = fingerprint
         self.done: dict[int, dict] = {}
         if overwrite:
@@ -101,51 +108,74 @@ class ResumableWriter:
             self.out.unlink(missing_ok=True)
             summary_path(self.out).unlink(missing_ok=True)
         if self.complete:
-            self.progress.unlink(missing_ok=True)
-            self.partial.unlink(missing_ok=True)
+            if rank == 0:
+                self.discard()
             return
         self._recover()
+        self._read_others()
 
     @property
     def complete(self) -> bool:
         return self.out.exists()
 
-    def _recover(self) -> None:
-        if not self.progress.exists():
-            self.partial.unlink(missing_ok=True)
-            return
-        entries = read_json_lines(self.progress, "progress log", cut_torn=True)
+    def shards(self) -> list[tuple[Path, Path]]:
+        """``(partial, progress)`` of every shard of ``OUT`` on disk (the main one first)."""
+        main = (self.out.with_name(self.out.name + ".partial"), self.out.with_name(self.out.name + ".progress"))
+        ranks = sorted(self.out.parent.glob(glob.escape(self.out.name) + ".rank*.progress"))
+        return [main] + [(q.with_name(q.name[: -len(".progress")] + ".partial"), q) for q in ranks]
+
+    def _committed(self, partial: Path, progress: Path, cut: bool) -> tuple[list[dict], int]:
+        """The finished-problem entries of one shard and the byte length of their records
+        in its partial file; ``cut`` (own shard only) also cuts torn or unfinished tails."""
+        entries = read_json_lines(progress, "progress log", cut_torn=cut)
         if not entries:  # killed while writing the header: nothing was done yet
-            self.discard()
-            return
+            return [], 0
         before = entries[0].get("fingerprint") or {}
         if before != self.fingerprint:
             raise LightReasonerError(
-                f"{self.progress}: an unfinished run made with other inputs or settings is here "
+                f"{progress}: an unfinished run made with other inputs or settings is here "
                 f"(changed: {', '.join(fingerprint_diff(before, self.fingerprint))}). Rerun it as it was, "
                 "pass --overwrite to discard it and start again, or choose another --out."
             )
-        for e in entries[1:]:
-            self.done[e["index"]] = e
-        keep = sum(e["records"] for e in self.done.values())
+        done = entries[1:]
+        keep = sum(e["records"] for e in done)
         size = 0
-        if self.partial.exists():
-            with self.partial.open("rb") as f:
+        if partial.exists():
+            with partial.open("rb") as f:
                 for _ in range(keep):
                     line = f.readline()
                     if not line.endswith(b"\n"):
                         raise LightReasonerError(
-                            f"{self.partial}: holds fewer records than {self.progress} lists as finished; the files "
+                            f"{partial}: holds fewer records than {progress} lists as finished; the files "
                             "were changed outside this program. Pass --overwrite to start this output again."
                         )
                     size += len(line)
         elif keep:
             raise LightReasonerError(
-                f"{self.partial}: missing, but {self.progress} lists finished problems; the files were changed "
+                f"{partial}: missing, but {progress} lists finished problems; the files were changed "
                 "outside this program. Pass --overwrite to start this output again."
             )
+        return done, size
+
+    def _recover(self) -> None:
+        if not self.progress.exists():
+            self.partial.unlink(missing_ok=True)
+            return
+        done, size = self._committed(self.partial, self.progress, cut=True)
+        if not done and size == 0 and not read_json_lines(self.progress, "progress log"):
+            self.partial.unlink(missing_ok=True)
+            self.progress.unlink(missing_ok=True)
+            return
+        for e in done:
+            self.done[e["index"]] = e
         with self.partial.open("ab") as f:
             f.truncate(size)
+
+    def _read_others(self) -> None:
+        for partial, progress in self.shards():
+            if progress != self.progress and progress.exists():
+                for e in self._committed(partial, progress, cut=False)[0]:
+                    self.done.setdefault(e["index"], e)
 
     def _start(self) -> None:
         if not self.progress.exists() or self.progress.stat().st_size == 0:
@@ -164,19 +194,30 @@ class ResumableWriter:
         append_synced(self.progress, json.dumps(entry) + "\n")
         self.done[index] = entry
 
+    def refresh(self) -> None:
+        """Read the other shards' progress again (after the other ranks finished)."""
+        self._read_others()
+
     def finish(self, summary: dict | None = None) -> None:
-        """Publish ``OUT`` (atomically) with its records in problem order (problems finish
-        in any order), and drop the progress file. ``summary`` is written (durably) first:
-        an output under its final name always has its summary."""
+        """Publish ``OUT`` (atomically) with the finished records of every shard in problem
+        order, then remove the shards. ``summary`` is written (durably) first: an output
+        under its final name always has its summary. Main process only."""
         self._start()
         if summary is not None:
             atomic_write_json(summary_path(self.out), summary)
-        lines = self.partial.read_bytes().splitlines(keepends=True)
+        lines: list[bytes] = []
+        for partial, progress in self.shards():
+            if not progress.exists():
+                continue
+            size = self._committed(partial, progress, cut=False)[1]
+            with partial.open("rb") as f:
+                lines += f.read(size).splitlines(keepends=True)
         lines.sort(key=lambda x: json.loads(x).get("problem_index", 0))  # stable: steps stay in order
         atomic_write_bytes(self.out, b"".join(lines))
-        self.partial.unlink(missing_ok=True)
-        self.progress.unlink(missing_ok=True)
+        self.discard()
 
     def discard(self) -> None:
-        self.partial.unlink(missing_ok=True)
-        self.progress.unlink(missing_ok=True)
+        """Remove every shard's partial and progress files."""
+        for partial, progress in self.shards():
+            partial.unlink(missing_ok=True)
+            progress.unlink(missing_ok=True)

@@ -28,8 +28,9 @@ from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
 from .decoding import Completion, greedy_decode
+from .distributed import barrier, main_lock, rank_and_world, shard
 from .errors import LightReasonerError
-from .io import OutputLock, file_fingerprint, fingerprint_diff, friendly_os_errors, model_fingerprint
+from .io import file_fingerprint, fingerprint_diff, friendly_os_errors, model_fingerprint
 from .models import (
     ModelSource,
     check_pair,
@@ -261,7 +262,7 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     tok_a = load_tokenizer(src_a, cfg.trust_remote_code)
     check_pair(tok, tok_a)
 
-    with OutputLock(cfg.out), friendly_os_errors(cfg.out):
+    with main_lock(cfg.out), friendly_os_errors(cfg.out):
         try:
             return _sample_locked(cfg, problems, src_e, src_a, tok, show_progress)
         except torch.OutOfMemoryError:
@@ -272,9 +273,21 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
             ) from None
 
 
+def open_shard(out: str | Path, fp: dict, overwrite: bool) -> tuple[ResumableWriter, int, int]:
+    """This process's :class:`ResumableWriter` (the main process first: it may clear the
+    output), opened by every rank before any of them writes, so all see the same done set."""
+    rank, world = rank_and_world()
+    writer = ResumableWriter(out, fp, overwrite=overwrite) if rank == 0 else None
+    barrier()
+    if rank != 0:
+        writer = ResumableWriter(out, fp, rank=rank)
+    barrier()
+    return writer, rank, world
+
+
 def _sample_locked(cfg: SampleConfig, problems: list[Problem], src_e, src_a, tok, show_progress: bool) -> dict:
     fp = fingerprint(cfg)
-    writer = ResumableWriter(cfg.out, fp, overwrite=cfg.overwrite)
+    writer, rank, world = open_shard(cfg.out, fp, cfg.overwrite)
     if writer.complete:
         spath = summary_path(cfg.out)
         try:
@@ -291,11 +304,14 @@ def _sample_locked(cfg: SampleConfig, problems: list[Problem], src_e, src_a, tok
             )
         log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
         return summary
-    todo = [p for p in problems if p.index not in writer.done]
+    todo = shard([p for p in problems if p.index not in writer.done], rank, world)
 
     if todo:
-        _sample_batches(cfg, todo, len(problems), writer, src_e, src_a, tok, show_progress)
-
+        _sample_batches(cfg, todo, len(problems), writer, src_e, src_a, tok, show_progress and rank == 0)
+    barrier()
+    if rank != 0:  # the main process merges the shards and writes the summary
+        return {}
+    writer.refresh()
     summary = summarize(cfg, list(writer.done.values()))
     if summary["selected_steps"] == 0:
         writer.discard()

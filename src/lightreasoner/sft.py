@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections import defaultdict
@@ -37,13 +38,15 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import SFTConfig
 from .data import Problem, load_problems
 from .decoding import Completion, TopPSampler, greedy_decode
+from .distributed import barrier, is_main, main_lock, shard
 from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
-from .io import OutputLock, atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
+from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from .prompts import encode_prompt
-from .records import ResumableWriter, summary_path
+from .records import summary_path
+from .sampling import open_shard
 from .training import (
     RESULT_FIELDS,
     IndexedDataset,
@@ -132,9 +135,10 @@ def sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out), friendly_os_errors(out):
-        if cfg.overwrite:
+    with main_lock(out), friendly_os_errors(out):
+        if cfg.overwrite and is_main():
             clear(out)
+        barrier()
         if (out / SFT_SUMMARY).exists():
             summary = json.loads((out / SFT_SUMMARY).read_text())
             if summary.get("sampling_fingerprint") == sampling_fingerprint(cfg):
@@ -164,7 +168,8 @@ def sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
             "sampling_fingerprint": sampling_fingerprint(cfg),
             "config": asdict(cfg),
         }
-        atomic_write_json(out / SFT_SUMMARY, summary)  # last: its presence means the run is complete
+        if is_main():
+            atomic_write_json(out / SFT_SUMMARY, summary)  # last: its presence means the run is complete
         return summary
 
 
@@ -182,24 +187,29 @@ def clear(out: Path) -> None:
 def sample_solutions(cfg: SFTConfig, model, tok, problems: list[Problem], golds: dict, path: Path, show: bool) -> dict:
     """Sample and grade solutions of every problem not yet done; publishes ``path`` and
     returns the sampling summary."""
-    writer = ResumableWriter(path, sampling_fingerprint(cfg))
+    writer, rank, world = open_shard(path, sampling_fingerprint(cfg), overwrite=False)
     if writer.complete:
         return json.loads(summary_path(path).read_text())
     k = cfg.samples_per_problem
     stops = end_token_ids(model.generation_config.eos_token_id, tok, chat_ends=True)
+    show = show and rank == 0
     bar = tqdm(total=len(problems), initial=len(writer.done), desc="sft sampling", unit="problem", disable=not show)
 
     def kept_problems() -> int:
         return sum(e["kept"] > 0 for e in writer.done.values())
 
+    target = None  # this rank's share of the problems that still need a kept solution
+    if cfg.target_problems is not None:
+        target = kept_problems() + math.ceil(max(0, cfg.target_problems - kept_problems()) / world)
+
     def postfix() -> None:
         n = sum(e["samples"] for e in writer.done.values())
         bar.set_postfix(accepted=f"{sum(e['correct'] for e in writer.done.values()) / max(1, n):.0%}")
 
-    todo = [p for p in problems if p.index not in writer.done]
+    todo = shard([p for p in problems if p.index not in writer.done], rank, world)
     clock = [time.perf_counter()]
-    while todo and (cfg.target_problems is None or kept_problems() < cfg.target_problems):
-        size = len(todo) if cfg.target_problems is None else max(8, cfg.target_problems - kept_problems())
+    while todo and (target is None or kept_problems() < target):
+        size = len(todo) if target is None else max(8, target - kept_problems())
         chunk, todo = todo[:size], todo[size:]
         owners = [(p, j) for p in chunk for j in range(k)]
         prompt = {p.index: encode_prompt(tok, p.question, cfg.system_prompt) for p in chunk}
@@ -237,9 +247,18 @@ def sample_solutions(cfg: SFTConfig, model, tok, problems: list[Problem], golds:
             pick=sampler,
         )
     bar.close()
-    entries = list(writer.done.values())
+    barrier()
+    if rank == 0:  # the main process merges the shards; the others wait for the result
+        writer.refresh()
+        entries = list(writer.done.values())
+        writer.finish(sampling_summary(cfg, entries))
+    barrier()
+    return json.loads(summary_path(path).read_text())
+
+
+def sampling_summary(cfg: SFTConfig, entries: list[dict]) -> dict:
     samples = sum(e["samples"] for e in entries)
-    summary = {
+    return {
         "problems_attempted": len(entries),
         "sampled_problems": sum(e["kept"] > 0 for e in entries),
         "samples": samples,
@@ -250,8 +269,6 @@ def sample_solutions(cfg: SFTConfig, model, tok, problems: list[Problem], golds:
         "sampling_seconds": sum(e["seconds"] for e in entries),
         "config": asdict(cfg),
     }
-    writer.finish(summary)
-    return summary
 
 
 def solution_row(p: Problem, j: int, comp: Completion, tok: PreTrainedTokenizerBase, gold: str) -> dict:
@@ -350,8 +367,9 @@ def fine_tune(cfg: SFTConfig, model, tok, rows, out: Path, dtype, device, show: 
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
     return {
         "examples": len(examples),
         "tuned_tokens": sum(len(examples[i].input_ids) - examples[i].prompt_len for i in trainer.seen),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import time
 from dataclasses import asdict
@@ -11,9 +12,9 @@ from tqdm.auto import tqdm
 
 from ..config import EvalConfig
 from ..data import iter_jsonl
+from ..distributed import barrier, main_lock, rank_and_world, shard
 from ..errors import LightReasonerError
 from ..io import (
-    OutputLock,
     append_synced,
     atomic_write_json,
     atomic_write_text,
@@ -194,32 +195,54 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out), friendly_os_errors(out):
-        check_fingerprint(out, eval_fingerprint(cfg, backend), cfg.overwrite)
+    with main_lock(out), friendly_os_errors(out):
+        if rank_and_world()[0] == 0:
+            check_fingerprint(out, eval_fingerprint(cfg, backend), cfg.overwrite)
         return _evaluate_locked(cfg, names, backend, items, out, show_progress)
 
 
+def shard_file(out: Path, name: str, rank: int) -> Path:
+    """Where rank ``rank`` appends its rows of benchmark ``name`` (rank 0: the final file)."""
+    return out / (f"{name}.jsonl" if rank == 0 else f"{name}.rank{rank}.jsonl")
+
+
+def saved_rows(out: Path, name: str) -> list[dict]:
+    """Rows of ``name`` on disk: the final file, then every rank's shard (each id once)."""
+    rows: dict[str, dict] = {}
+    shards = sorted(out.glob(glob.escape(name) + ".rank*.jsonl"))
+    for path in [out / f"{name}.jsonl", *shards]:
+        for r in read_done(path):
+            rows.setdefault(r["id"], r)
+    return list(rows.values())
+
+
 def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_progress: bool) -> dict:
-    saved = {n: read_done(out / f"{n}.jsonl") for n in names}
+    rank, world = rank_and_world()
+    # the main process cuts torn lines first; then every rank reads the same finished rows
+    saved = {n: saved_rows(out, n) for n in names} if rank == 0 else {}
+    barrier()
+    if rank != 0:
+        saved = {n: saved_rows(out, n) for n in names}
+    barrier()
     done = {n: in_order(saved[n], items[n]) for n in names}  # rows outside the selection are kept, not counted
     done_ids = {n: {r["id"] for r in done[n]} for n in names}
-    todo = {n: [it for it in items[n] if it.id not in done_ids[n]] for n in names}
+    todo = {n: shard([it for it in items[n] if it.id not in done_ids[n]], rank, world) for n in names}
     total, remaining = sum(map(len, items.values())), sum(map(len, todo.values()))
 
     t0 = time.perf_counter()
     tok = gen = None
     if remaining:
         tok, gen = make_generator(cfg, backend)
-    bar = tqdm(total=total, initial=total - remaining, desc="eval", unit="problem", disable=not show_progress)
+    show = show_progress and rank == 0
+    bar = tqdm(total=total, initial=total - remaining * world, desc="eval", unit="problem", disable=not show)
     for name in names:
         bench = get_benchmark(name)
-        path = out / f"{name}.jsonl"
+        path = shard_file(out, name, rank)
         rows = list(done[name])  # for the running accuracy
-        new: list[dict] = []
         bar.set_description(name)
         part = todo[name]
 
-        def finished(i: int, g, part=part, bench=bench, rows=rows, new=new, path=path) -> None:
+        def finished(i: int, g, part=part, bench=bench, rows=rows, path=path) -> None:
             it = part[i]
             pred, ok = grade_completion(it.kind, g.text, it.gold, bench.strip_units, it.multiple)
             row = {
@@ -235,19 +258,27 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
             }
             append_synced(path, json.dumps(row, ensure_ascii=False) + "\n")
             rows.append(row)
-            new.append(row)
-            bar.update(1)
+            bar.update(world)
             bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / len(rows):.1f}")
 
         if part:
             gen.generate([build_prompt(tok, it.question, cfg.system_prompt) for it in part], on_result=finished)
-        on_disk = saved[name] + new
+    bar.close()
+    seconds = time.perf_counter() - t0
+    barrier()
+    if rank != 0:  # the main process merges the shards and writes the summary
+        return {}
+    for name in names:  # one file per benchmark, in problem order (problems finish in any order)
+        on_disk = saved_rows(out, name)
         done[name] = in_order(on_disk, items[name])
         selected = {it.id for it in items[name]}
         ordered = done[name] + [r for r in on_disk if r["id"] not in selected]
-        if [r["id"] for r in on_disk] != [r["id"] for r in ordered]:  # problems finish in any order
-            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
-    bar.close()
+        final = out / f"{name}.jsonl"
+        shards = sorted(out.glob(glob.escape(name) + ".rank*.jsonl"))
+        if shards or [r["id"] for r in read_done(final)] != [r["id"] for r in ordered]:
+            atomic_write_text(final, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+        for f in shards:
+            f.unlink()
 
     results = {}
     for name in names:
@@ -267,7 +298,8 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
         "adapter": cfg.adapter,
         "results": results,
         "average": sum(r["accuracy"] for r in results.values()) / len(results),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
+        "processes": world,
         "config": asdict(cfg),
     }
     atomic_write_text(out / "results.md", markdown_table([summary]) + "\n")
