@@ -118,13 +118,18 @@ def read_json_lines(path: str | Path, what: str, cut_torn: bool = False) -> list
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): trust the signal check
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class OutputLock:

@@ -1,0 +1,158 @@
+"""Several processes (accelerate launch, gloo on CPU) give the output of one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import SHARED_DATA
+
+from lightreasoner.cli import main
+from lightreasoner.distributed import shard
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+LAUNCH += ["--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2", "-m", "lightreasoner"]
+
+
+def launch(args: list[str], processes: int = 2) -> subprocess.Popen:
+    cmd = LAUNCH + args if processes == 2 else [sys.executable, "-m", "lightreasoner", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    log = proc.communicate()[0].decode()
+    assert proc.returncode == 0, log[-3000:]
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def same_records(a: list[dict], b: list[dict]) -> None:
+    """Same records in the same order: ids and steps equal; float fields equal up to the
+    rounding that a different batch composition brings (1e-5 relative)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], float) or (isinstance(x[k], list) and x[k] and isinstance(x[k][0], float)):
+                assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-7), k
+            else:
+                assert x[k] == y[k], k
+
+
+def test_shards_are_disjoint_and_cover_everything():
+    items = list(range(11))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == items and max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    import tiny
+
+    path = tmp_path_factory.mktemp("d") / "p.jsonl"
+    qs = [tiny.CORPUS[i % len(tiny.CORPUS)] + f" ({i})" for i in range(9)]
+    path.write_text("".join(json.dumps({"question": q, "answer": "#### 1"}) + "\n" for q in qs))
+    return path
+
+
+def sample_args(pair, data, out):
+    e, a = pair
+    return ["sample", "-q", "--expert", str(e), "--amateur", str(a), "--data", str(data), "--out", str(out),
+            "--max-new-tokens", "24", "--beta=0.3", "--batch-size", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process_samples(pair, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s1") / "s.jsonl"
+    assert main(sample_args(pair, data, out)) == 0
+    return out
+
+
+def test_two_process_sampling_equals_one(pair, data, one_process_samples, tmp_path):
+    out = tmp_path / "s.jsonl"
+    finish(launch(sample_args(pair, data, out)))
+    same_records(lines(one_process_samples), lines(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "s.summary.json"]  # shards merged and gone
+    a, b = (json.loads(p.with_name("s.summary.json").read_text()) for p in (one_process_samples, out))
+    assert a["selected_steps"] == b["selected_steps"] and a["problems"] == b["problems"]
+
+
+def running(pid: int) -> bool:
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
+
+
+def finished_problems(out) -> int:
+    """Problems the shards of ``out`` list as finished so far."""
+    logs = list(out.parent.glob(out.name + "*.progress"))
+    return sum(max(0, len(p.read_text().splitlines()) - 1) for p in logs)
+
+
+def test_a_rank_killed_mid_sampling_then_resumed_with_one_process(pair, data, one_process_samples, tmp_path):
+    out = tmp_path / "s.jsonl"
+    proc = launch(sample_args(pair, data, out))
+    deadline = time.time() + 120
+    while finished_problems(out) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)  # the launcher's workers
+    pids = [int(x) for x in ranks.stdout.split()]
+    assert len(pids) == 2 and not out.exists(), "the run ended before a rank could be killed"
+    os.kill(pids[-1], signal.SIGKILL)  # one rank dies; the launcher then stops the other
+    assert proc.wait() != 0
+    deadline = time.time() + 60
+    while any(running(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(running(p) for p in pids), "a rank outlived the run"
+    assert 2 <= finished_problems(out) < 9  # shards hold part of the work
+    assert main(sample_args(pair, data, out)) == 0  # resumed by one process
+    same_records(lines(one_process_samples), lines(out))
+    assert not list(tmp_path.glob("*.rank*")) and not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="benchmark files of ../shared/data not present")
+def test_two_process_eval_equals_one(pair, tmp_path):
+    args = ["eval", "-q", "--model", str(pair[0]), "--benchmarks", "gsm8k,reasoning-gym:gsm_symbolic",
+            "--data-dir", str(SHARED_DATA), "--limit", "5", "--max-new-tokens", "12", "--batch-size", "2"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    finish(launch([*args, "--out", str(tmp_path / "two")]))
+    for name in ("gsm8k.jsonl", "reasoning-gym:gsm_symbolic.jsonl"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    assert not list((tmp_path / "two").glob("*.rank*"))
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert a["results"] == b["results"] and b["processes"] == 2
+
+
+def test_two_process_training_writes_one_adapter_and_matches_one_process(pair, one_process_samples, tmp_path):
+    args = ["train", "-q", "--model", str(pair[0]), "--samples", str(one_process_samples), "--max-steps", "2",
+            "--grad-accum", "1", "--lora-dropout", "0", "--logging-steps", "1", "--save-steps", "100"]  # fmt: skip
+    assert main([*args, "--batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0
+    finish(launch([*args, "--batch-size", "2", "--output-dir", str(tmp_path / "two")]))
+    two = tmp_path / "two"
+    assert len(list(two.glob("adapter_model*.safetensors"))) == 1 and not list(two.glob("*.tmp*"))
+    s1, s2 = (json.loads((tmp_path / d / "train_summary.json").read_text()) for d in ("one", "two"))
+    assert s2["processes"] == 2 and s2["global_batch"] == s1["global_batch"] == 4
+    first = [json.loads((tmp_path / d / "checkpoint-2" / "trainer_state.json").read_text()) for d in ("one", "two")]
+    losses = [[h["loss"] for h in st["log_history"] if "loss" in h] for st in first]
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
+
+
+def test_run_with_two_processes_per_stage(pair, tmp_path):
+    from test_pipeline import tiny_run
+
+    from lightreasoner.pipeline import run_experiment
+
+    cfg = tiny_run(pair, tmp_path / "r", num_processes=2)
+    fig = run_experiment(cfg, show_progress=False)
+    run = tmp_path / "r"
+    for p in ("eval/baseline/summary.json", "samples.jsonl", "adapter/adapter_model.safetensors",
+              "merged/model.safetensors", "eval/tuned/summary.json", "report.md"):  # fmt: skip
+        assert (run / p).exists(), p
+    assert json.loads((run / "adapter" / "train_summary.json").read_text())["processes"] == 2
+    assert json.loads((run / "eval" / "tuned" / "summary.json").read_text())["processes"] == 2
+    assert not list(run.rglob("*.rank*")) and set(fig["stage_seconds"]) >= {"sampling", "fine-tuning"}
+    assert (run / "stages" / "sample-sampling.yaml").exists()
