@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lightreasoner.config import SampleConfig, TrainConfig
+from lightreasoner.errors import LightReasonerError
 from lightreasoner.models import load_model, load_tokenizer
 from lightreasoner.records import read_records
 from lightreasoner.sampling import sample
@@ -246,3 +247,24 @@ def test_trainer_arguments_pass_through_yaml_and_flags(pair, tmp_path, monkeypat
     assert "unknown option 'warmup_stepz'" in err and "did you mean warmup_steps" in err
     with pytest.raises(SystemExit):  # other stages take no TrainingArguments
         main(["eval", "--model", "m", "--out", "o", "--warmup-steps", "0.1"])
+
+
+def test_shipped_fsdp_and_deepspeed_configs_parse():
+    from pathlib import Path
+
+    from lightreasoner.config import TrainConfig, build, read_yaml, section
+
+    repo = Path(__file__).resolve().parents[1]
+    req = {"model": "m", "samples": "s", "output_dir": "o"}
+    fsdp = repo / "configs" / "fsdp-train.yaml"
+    cfg = build(TrainConfig, section(read_yaml(fsdp), "train", ("train",)), req, source=str(fsdp))
+    assert cfg.trainer_args["fsdp"] is True and cfg.trainer_args["fsdp_config"]["version"] == 2
+    ds = repo / "configs" / "deepspeed" / "train-zero2.yaml"
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:  # the Trainer's own check refuses it, by name
+        with pytest.raises(LightReasonerError, match="deepspeed"):
+            build(TrainConfig, section(read_yaml(ds), "train", ("train",)), req, source=str(ds))
+    else:
+        cfg = build(TrainConfig, section(read_yaml(ds), "train", ("train",)), req, source=str(ds))
+        assert cfg.trainer_args["deepspeed"].endswith("zero2.json")

@@ -7,6 +7,7 @@ stages (``sample:``, ``train:``, ...) as a ``run`` config does.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -275,13 +276,13 @@ def trainer_args(file_values: dict, flag_values: list[str], source: str, ours: I
     parser = HfArgumentParser(TrainingArguments)
     try:
         if from_file:
-            parser.parse_dict({"output_dir": "unused", **from_file})
+            parser.parse_dict({"output_dir": "unused", **copy.deepcopy(from_file)})  # it fills dicts in place
         parsed = {}
         if from_flags:
             (args,) = parser.parse_args_into_dataclasses(args=["--output_dir", "unused", *flag_values])
             parsed = {k: getattr(args, k) for k in from_flags}
             parsed = {k: v.value if isinstance(v, Enum) else v for k, v in parsed.items()}  # plain YAML/JSON values
-    except (ValueError, TypeError, SystemExit) as e:
+    except (ValueError, TypeError, ImportError, SystemExit) as e:  # ImportError: e.g. deepspeed not installed
         where = " ".join(flag_values) if from_flags else source
         raise LightReasonerError(f"{where}: not valid TrainingArguments ({e})") from None
     return {**from_file, **parsed}
