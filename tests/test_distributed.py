@@ -136,6 +136,7 @@ def test_two_process_training_writes_one_adapter_and_matches_one_process(pair, o
     assert len(list(two.glob("adapter_model*.safetensors"))) == 1 and not list(two.glob("*.tmp*"))
     s1, s2 = (json.loads((tmp_path / d / "train_summary.json").read_text()) for d in ("one", "two"))
     assert s2["processes"] == 2 and s2["global_batch"] == s1["global_batch"] == 4
+    assert s2["tuned_tokens"] == s1["tuned_tokens"] == 8  # records seen by either process, counted once
     first = [json.loads((tmp_path / d / "checkpoint-2" / "trainer_state.json").read_text()) for d in ("one", "two")]
     losses = [[h["loss"] for h in st["log_history"] if "loss" in h] for st in first]
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)

@@ -372,7 +372,7 @@ def fine_tune(cfg: SFTConfig, model, tok, rows, out: Path, dtype, device, show: 
         tok.save_pretrained(str(out))
     return {
         "examples": len(examples),
-        "tuned_tokens": sum(len(examples[i].input_ids) - examples[i].prompt_len for i in trainer.seen),
+        "tuned_tokens": sum(len(examples[i].input_ids) - examples[i].prompt_len for i in trainer.all_seen()),
         "optimizer_steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "fine_tuning_seconds": seconds,

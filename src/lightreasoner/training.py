@@ -199,10 +199,20 @@ class SeenTrainer(Trainer):
     def note_seen(self, inputs: dict) -> None:
         self.seen.update(inputs["record_index"].tolist())
 
+    def all_seen(self) -> set[int]:
+        """The rows seen by every process (each process notes only its own batches)."""
+        if self.args.world_size == 1:
+            return set(self.seen)
+        from accelerate.utils import gather_object
+
+        return set(gather_object(sorted(self.seen)))
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        atomic_write_json(folder / SEEN_RECORDS, sorted(self.seen))
+        seen = self.all_seen()  # every process takes part
+        if self.is_world_process_zero():
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            atomic_write_json(folder / SEEN_RECORDS, sorted(seen))
 
     def load_seen(self, checkpoint: str | None) -> None:
         path = Path(checkpoint) / SEEN_RECORDS if checkpoint else None
@@ -380,7 +390,7 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
     summary = {
         "records": len(dataset),
         "trajectories": len({e.group for e in examples}),
-        "tuned_tokens": len(trainer.seen),  # records that received a loss at least once
+        "tuned_tokens": len(trainer.all_seen()),  # records that received a loss at least once
         "record_updates": updates,
         "order": cfg.order,
         "optimizer_steps": steps,
