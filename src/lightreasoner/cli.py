@@ -142,9 +142,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluation.runner import load_summary, markdown_table
+    from .evaluation.runner import load_summary, markdown_table, significance_table
 
-    print(markdown_table([load_summary(r) for r in args.runs], deltas=True))
+    summaries = [load_summary(r) for r in args.runs]
+    print(markdown_table(summaries, deltas=True))
+    if len(args.runs) > 1:
+        print("\nPaired on the same problems; 95% CI: paired bootstrap, 10,000 resamples; p: exact McNemar.\n")
+        print(significance_table(summaries, args.runs))
     return 0
 
 

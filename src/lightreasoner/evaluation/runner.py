@@ -341,6 +341,50 @@ def markdown_table(summaries: list[dict], deltas: bool = False) -> str:
     return "\n".join(lines)
 
 
+def paired_outcomes(first: str | Path, second: str | Path, names: list[str]) -> dict[str, tuple[list, list]]:
+    """Per benchmark, the correct/incorrect vectors of two evaluations over the same
+    problems (in the first's order); problem sets that differ are refused."""
+    out = {}
+    for name in names:
+        rows = []
+        for run in (first, second):
+            path = Path(run) / f"{name}.jsonl"
+            if not path.exists():
+                raise LightReasonerError(f"{path}: no per-problem results to pair (is {run} an eval folder?)")
+            rows.append({r["id"]: bool(r["correct"]) for r in read_json_lines(path, "per-problem results")})
+        a, b = rows
+        if a.keys() != b.keys():
+            only = sorted(a.keys() ^ b.keys())
+            raise LightReasonerError(
+                f"{name}: {first} and {second} were evaluated on different problems "
+                f"({len(only)} ids in one only, e.g. {', '.join(only[:3])}); they cannot be compared problem by problem"
+            )
+        out[name] = ([a[i] for i in a], [b[i] for i in a])
+    return out
+
+
+def significance_table(summaries: list[dict], runs: list[str | Path]) -> str:
+    """Each run against the first: per benchmark and on the average, the paired difference
+    (points), its 95% bootstrap interval and the exact McNemar p-value."""
+    from ..stats import paired_difference, verdict
+
+    names = [n for n in summaries[0]["results"] if all(n in s["results"] for s in summaries)]
+    lines = ["| Model | Benchmark | n | Δ (points) | 95% CI | p (McNemar) | |", "|---|---|---|---|---|---|---|"]
+    for s, run in zip(summaries[1:], runs[1:]):
+        pairs = paired_outcomes(runs[0], run, names)
+        for name in [*names, "AVG."]:
+            groups = list(pairs.values()) if name == "AVG." else [pairs[name]]
+            d = paired_difference(groups)
+            shown = name if name == "AVG." else display_name(name)
+            lines.append(
+                f"| {s['name']} | {shown} | {d['n']} | {d['delta']:+.1f} | [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] "
+                f"| {d['p_value']:.3g} | {verdict(d['p_value'])} |"
+            )
+    n = {name: len(pairs[name][0]) for name in names} if len(runs) > 1 else {}
+    worth = ", ".join(f"{display_name(k)} {100 / v:.2g}" for k, v in n.items())
+    return "\n".join(lines) + (f"\n\nOne problem is worth (points): {worth}." if worth else "")
+
+
 def grade_file(path: str | Path, benchmark: str, out: str | Path | None = None) -> dict:
     """Re-grade saved completions (lines with ``completion`` and ``gold``); writes
     each line back with ``extracted`` and ``correct``."""
