@@ -79,6 +79,8 @@ def test_run_produces_every_artefact_and_the_report(finished):
     assert saved["generated_test_problems_checked_disjoint"] == 3
     acc = saved["accuracy"]["reasoning-gym:gsm_symbolic"]
     assert acc["delta"] == pytest.approx(acc["tuned"] - acc["baseline"])
+    assert acc["ci95"][0] <= acc["delta"] <= acc["ci95"][1] and 0 < acc["p_value"] <= 1
+    assert "p: exact McNemar" in report and ("not significant at 0.05" in report or "significant at 0.05" in report)
 
 
 def test_rerun_skips_completed_stages_and_resumes_missing_ones(finished, caplog):

@@ -12,9 +12,10 @@ from pathlib import Path
 import yaml
 
 from .config import RunConfig
-from .evaluation.runner import display_name, load_summary, markdown_table
+from .evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes
 from .io import atomic_write_json, atomic_write_text
 from .records import summary_path
+from .stats import paired_difference, verdict
 from .training import TRAIN_SUMMARY
 
 PACKAGES = (
@@ -73,6 +74,11 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         for name in base["results"]
         if name in tuned["results"]
     }
+    pairs = paired_outcomes(configs["baseline"].out, configs["tuned"].out, list(accuracy))
+    for name, a in accuracy.items():
+        d = paired_difference([pairs[name]])
+        a.update(ci95=d["ci95"], p_value=d["p_value"])
+    avg = paired_difference(list(pairs.values()))
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run),
@@ -81,6 +87,8 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
             "baseline": base["average"],
             "tuned": tuned["average"],
             "delta": tuned["average"] - base["average"],
+            "ci95": avg["ci95"],
+            "p_value": avg["p_value"],
         },
         "efficiency": {
             "total_seconds": sampling_s + tuning_s,
@@ -203,6 +211,15 @@ def markdown(fig: dict) -> str:
         )
         + f". One problem is worth {100 / max(1, min(a['n'] for a in fig['accuracy'].values())):.1f} points "
         "on the smallest benchmark.",
+        "",
+        "Differences, tuned − baseline, paired on the same problems (95% CI: paired bootstrap, 10,000 resamples; "
+        "p: exact McNemar): "
+        + "; ".join(
+            f"{name} {d['delta']:+.1f} points [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p = {d['p_value']:.3g}, "
+            f"{verdict(d['p_value'])}"
+            for name, d in [*((display_name(n), a) for n, a in fig["accuracy"].items()), ("AVG.", fig["average"])]
+        )
+        + ".",
         "",
         f"Completions cut off at the {fig['eval_max_new_tokens']}-token budget before the model ended its answer "
         "(baseline, tuned): "
