@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import pytest
@@ -7,6 +8,7 @@ from conftest import SHARED_DATA
 
 from lightreasoner.cli import main
 from lightreasoner.config import EvalConfig
+from lightreasoner.errors import LightReasonerError
 from lightreasoner.evaluation.benchmarks import PAPER_BENCHMARKS
 from lightreasoner.evaluation.runner import evaluate
 
@@ -172,3 +174,50 @@ def test_vllm_backend_without_vllm_is_a_clear_error(pair, tmp_path, capsys):
         ]
     )
     assert code == 2 and "vLLM is not installed" in capsys.readouterr().err
+
+
+def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch):
+    """vLLM is not installed here: a stand-in module records what the generator asks of it."""
+    import sys
+    import types
+
+    from lightreasoner.evaluation.generation import VLLMGenerator
+    from lightreasoner.evaluation.runner import check_vllm_options
+    from lightreasoner.models import load_tokenizer
+
+    made = {}
+
+    class LLM:
+        def __init__(self, **kw):
+            made.update(kw, cuda=os.environ.get("CUDA_VISIBLE_DEVICES"))
+            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.stop))
+
+        def get_tokenizer(self):
+            return load_tokenizer(str(pair[0]))
+
+        def stop(self):
+            made["shut down"] = True
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda *a: a
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    adapter = tmp_path / "adapter"
+    tiny.random_lora(pair[0], std=0.1).save_pretrained(str(adapter))  # r = 8
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    tok = load_tokenizer(str(pair[0]))
+    gen = VLLMGenerator(str(pair[0]), tok, 64, "auto", str(adapter), gpu_memory_utilization=0.5)
+    assert made["cuda"] == "3" and made["generation_config"] == "vllm" and made["max_lora_rank"] == 8
+    assert made["gpu_memory_utilization"] == 0.5 and made["tensor_parallel_size"] == 1 and made["enable_lora"]
+    assert gen.params["temperature"] == 0.0 and gen.params["repetition_penalty"] == 1.0
+    gen.close()
+    assert made["shut down"]
+    with pytest.raises(LightReasonerError, match="tensor parallelism"):
+        VLLMGenerator(str(pair[0]), tok, 64, "auto", tensor_parallel_size=2)
+    with pytest.raises(LightReasonerError, match="--max-lora-rank"):
+        check_vllm_options(EvalConfig(model="m", out="o", max_lora_rank=12))

@@ -151,6 +151,11 @@ class EvalConfig(ModelOptions):
     system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message of the chat template")
     seed: int = opt(0, "seed for generated benchmarks (reasoning-gym)")
     overwrite: bool = opt(False, "discard results already in --out (made with other settings) and start again")
+    tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
+    gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
+    max_lora_rank: int = opt(
+        None, "vLLM: largest adapter rank the engine accepts (default: the adapter's r, rounded up)"
+    )
     contrastive_amateur: str = opt(
         None, "decode with contrastive decoding against this amateur (O'Brien & Lewis 2023); hf backend only"
     )

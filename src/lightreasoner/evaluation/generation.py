@@ -5,8 +5,10 @@ soon as it is finished."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..decoding import _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
+from ..errors import LightReasonerError
 from ..models import end_token_ids
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,12 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM greedy decoding (``pip install 'lightreasoner[vllm]'``, CUDA only)."""
+    """vLLM greedy decoding (``pip install 'lightreasoner[vllm]'``, CUDA only).
+
+    Under a launcher (several processes, one GPU each) every process builds its own
+    single-GPU engine on its GPU: ``CUDA_VISIBLE_DEVICES`` is set to ``LOCAL_RANK`` before
+    the engine starts (vLLM runs its engine in a child process that inherits it).
+    """
 
     def __init__(
         self,
@@ -98,12 +106,26 @@ class VLLMGenerator:
         dtype: str,
         adapter: str | None = None,
         trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_lora_rank: int | None = None,
     ):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        lora = {"enable_lora": True, "max_lora_rank": lora_rank_slot(adapter)} if adapter else {}
-        self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **lora, **vllm_engine_args())
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if tensor_parallel_size > 1:
+                raise LightReasonerError(
+                    "--tensor-parallel-size > 1 under a launcher: use either one process with tensor parallelism, "
+                    "or one process per GPU (data parallelism), not both"
+                )
+            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("LOCAL_RANK", "0")
+        engine: dict = {"tensor_parallel_size": tensor_parallel_size, **vllm_engine_args()}
+        if gpu_memory_utilization is not None:
+            engine["gpu_memory_utilization"] = gpu_memory_utilization
+        if adapter:
+            engine.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_slot(adapter))
+        self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
         eos = self.llm.get_tokenizer().eos_token_id
         self.params = greedy_sampling_params(max_new_tokens, end_token_ids(eos, tokenizer, chat_ends=True))
         self.lora = LoRARequest("adapter", 1, adapter) if adapter else None
@@ -121,6 +143,16 @@ class VLLMGenerator:
                 if on_result is not None:
                     on_result(i, gen)
         return results
+
+    def close(self) -> None:
+        """Stop the engine (its process) and free its GPU memory."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del self.llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

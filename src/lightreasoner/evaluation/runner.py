@@ -141,6 +141,17 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def check_vllm_options(cfg: EvalConfig) -> None:
+    from .generation import VLLM_LORA_RANKS
+
+    if cfg.tensor_parallel_size < 1:
+        raise LightReasonerError("--tensor-parallel-size: must be at least 1")
+    if cfg.gpu_memory_utilization is not None and not (0 < cfg.gpu_memory_utilization <= 1):
+        raise LightReasonerError("--gpu-memory-utilization: must be in (0, 1]")
+    if cfg.max_lora_rank is not None and cfg.max_lora_rank not in VLLM_LORA_RANKS:
+        raise LightReasonerError(f"--max-lora-rank: vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))}")
+
+
 def check_contrastive(cfg: EvalConfig, backend: str) -> None:
     if not cfg.contrastive_amateur:
         return
@@ -161,7 +172,18 @@ def make_generator(cfg: EvalConfig, backend: str):
     tok = load_tokenizer(src, cfg.trust_remote_code)
     if backend == "vllm":
         dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
-        return tok, VLLMGenerator(src.path, tok, cfg.max_new_tokens, dtype, cfg.adapter, cfg.trust_remote_code)
+        gen = VLLMGenerator(
+            src.path,
+            tok,
+            cfg.max_new_tokens,
+            dtype,
+            cfg.adapter,
+            cfg.trust_remote_code,
+            cfg.tensor_parallel_size,
+            cfg.gpu_memory_utilization,
+            cfg.max_lora_rank,
+        )
+        return tok, gen
     device = resolve_device(cfg.device)
     model = load_model(src, resolve_dtype(cfg.dtype, device), device, cfg.allow_pickle, cfg.trust_remote_code)
     if cfg.adapter:
@@ -192,6 +214,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     names = benchmark_names(cfg.benchmarks)
     backend = check_backend(cfg.backend)
     check_contrastive(cfg, backend)
+    check_vllm_options(cfg)
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +287,8 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
         if part:
             gen.generate([build_prompt(tok, it.question, cfg.system_prompt) for it in part], on_result=finished)
     bar.close()
+    if hasattr(gen, "close"):
+        gen.close()  # a vLLM engine gives its GPU back now
     seconds = time.perf_counter() - t0
     barrier()
     if rank != 0:  # the main process merges the shards and writes the summary
