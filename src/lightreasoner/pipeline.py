@@ -202,12 +202,20 @@ def check_disjoint(cfg: RunConfig) -> int:
     return checked
 
 
+LAUNCH_FIELDS = ("num_processes", "accelerate_config", "launch")
+"""Run options that change how stages start, not what they compute: a run may resume with others."""
+
+
 def _check_same_settings(run: Path, resolved: dict) -> None:
     path = run / "config.yaml"
     if path.exists():
         before = yaml.safe_load(path.read_text())
-        if before != resolved:
-            changed = sorted(k for k in set(before) | set(resolved) if before.get(k) != resolved.get(k))
+        defaults = asdict(RunConfig())
+        # options added to RunConfig after the run was made count as their defaults
+        before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
+        before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS} for d in (before, resolved))
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise LightReasonerError(
                 f"{run} holds a run with other settings (changed: {', '.join(changed)}); "
                 "use another --out, or delete the folder to start again"
