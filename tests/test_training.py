@@ -224,14 +224,14 @@ def test_trainer_arguments_pass_through_yaml_and_flags(pair, tmp_path, monkeypat
     seen = {}
     monkeypatch.setattr(training, "train", lambda cfg, show_progress=True: seen.setdefault("cfg", cfg) and {})
     args = ["train", "-q", "--config", str(cfg_file), "--model", str(pair[0]), "--samples", "s.jsonl"]
-    args += ["--output-dir", str(tmp_path / "o"), "--lr-scheduler-type", "cosine", "--gradient-checkpointing"]
+    args += ["--output-dir", str(tmp_path / "o"), "--lr-scheduler-type", "cosine", "--activation-checkpointing"]
     assert main(args) == 0
     cfg = seen["cfg"]
     assert cfg.batch_size == 2
-    want = {"warmup_steps": 0.1, "weight_decay": 0.01, "lr_scheduler_type": "cosine", "gradient_checkpointing": True}
+    want = {"warmup_steps": 0.1, "weight_decay": 0.01, "lr_scheduler_type": "cosine", "activation_checkpointing": True}
     assert cfg.trainer_args == want
     targs = training_arguments(cfg, tmp_path / "o", torch.float32, torch.device("cpu"), False)
-    assert targs.warmup_steps == 0.1 and targs.weight_decay == 0.01 and targs.gradient_checkpointing
+    assert targs.warmup_steps == 0.1 and targs.weight_decay == 0.01 and targs.activation_checkpointing
     assert targs.lr_scheduler_type == "cosine" and targs.per_device_train_batch_size == 2
 
     for bad, message in [

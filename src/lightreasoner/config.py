@@ -85,7 +85,7 @@ class LoraOptions(ModelOptions):
     resume: bool = opt(False, "continue from the last checkpoint in --output-dir")
     trainer_args: dict = opt(
         {},
-        "any other transformers.TrainingArguments field (warmup_ratio, lr_scheduler_type, gradient_checkpointing, "
+        "any other transformers.TrainingArguments field (warmup_steps, lr_scheduler_type, activation_checkpointing, "
         "deepspeed, fsdp, report_to, ...): as keys of this stage's YAML or as flags (--warmup-ratio 0.1)",
     )
 
