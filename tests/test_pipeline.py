@@ -144,3 +144,12 @@ def test_run_command_reports_bad_config(tmp_path, capsys):
     bad.write_text("train:\n  max_stepz: 3\n")
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "unknown option 'max_stepz'" in capsys.readouterr().err
+
+
+def test_a_failing_stage_stops_the_run_with_its_name(pair, tmp_path, capfd):
+    cfg = tiny_run(pair, tmp_path / "r", eval_limit=1, sample={"max_new_tokens": 16, "max_problems": 0})
+    with pytest.raises(LightReasonerError, match=r"stage 'sampling' failed \(exit status 2"):
+        run_experiment(cfg, show_progress=False)
+    assert "--max-problems: must be at least 1" in capfd.readouterr().err  # the stage's own message
+    assert (tmp_path / "r" / "eval" / "baseline" / "summary.json").exists()  # finished stages are kept
+    assert not (tmp_path / "r" / "samples.jsonl").exists()
