@@ -54,6 +54,9 @@ def test_end_to_end_eval_writes_per_problem_files_summary_and_table(eval_run):
         assert res["correct"] == sum(r["correct"] for r in rows)
         for r in rows:
             assert {"id", "problem", "gold", "completion", "extracted", "correct"} <= r.keys()
+            assert r["correct"] == r["correct_toolkit"] and isinstance(r["correct_strict"], bool)
+        assert res["accuracy_toolkit"] == res["accuracy"] and res["grader"] == "toolkit"
+        assert res["accuracy_strict"] == 100 * sum(r["correct_strict"] for r in rows) / len(rows)
     table = (eval_run / "results.md").read_text()
     assert table.startswith("| Model | GSM8K | MATH | SVAMP | ASDiv | Minerva Math | Olympiad Bench | MMLU STEM |")
     assert "AVG." in table and summary["name"] in table

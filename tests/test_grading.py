@@ -111,3 +111,36 @@ def test_model_text_is_never_evaluated(tmp_path):
     payload = f"\\boxed{{__import__('pathlib').Path('{marker}').touch()}}"
     assert not is_equiv(extract_answer(payload), "1")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "case, completion, gold, kind, toolkit, strict",
+    [
+        ("a percentage x100 of the gold", "so \\boxed{50}", "0.5", "math", True, False),
+        ("a percentage /100 of the gold", "so \\boxed{0.5}", "50", "math", True, False),
+        ("an integer 1e-4 off", "so \\boxed{1000001}", "1000000", "math", True, False),
+        ("the right integer", "so \\boxed{1000000}", "1000000", "math", True, True),
+        ("a decimal written as a fraction", "so \\boxed{\\frac{1}{4}}", "0.25", "math", True, True),
+        ("a unit word after the number", "so \\boxed{5 \\text{ apples}}", "5", "math", True, True),
+        ("scientific notation in LaTeX", "so \\boxed{3\\times10^{5}}", "300000", "math", True, True),
+        ("a reordered set", "so \\boxed{\\{2,1\\}}", "\\{1,2\\}", "math", True, True),
+        (
+            "an equivalent trigonometric form",
+            "so \\boxed{\\frac{\\sqrt{2}}{2}}",
+            "\\sin\\frac{\\pi}{4}",
+            "math",
+            True,
+            True,
+        ),
+        ("a list is not a thousands number", "so \\boxed{1,2}", "12", "math", False, False),
+        ("the article 'A' taken as a choice", "A train is faster. Hmm.", "A", "choice", True, False),
+        ("a choice stated as the answer", "A train is faster. The answer is (A).", "A", "choice", True, True),
+    ],
+)
+def test_toolkit_and_strict_graders(case, completion, gold, kind, toolkit, strict):
+    from lightreasoner.evaluation.benchmarks import grade_completion
+    from lightreasoner.evaluation.grading import normalize
+
+    g = normalize(gold) if kind == "math" else gold
+    assert grade_completion(kind, completion, g)[1] is toolkit, case
+    assert grade_completion(kind, completion, g, strict=True)[1] is strict, case

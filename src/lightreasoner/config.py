@@ -151,6 +151,11 @@ class EvalConfig(ModelOptions):
     system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message of the chat template")
     seed: int = opt(0, "seed for generated benchmarks (reasoning-gym)")
     overwrite: bool = opt(False, "discard results already in --out (made with other settings) and start again")
+    grader: str = opt(
+        "toolkit",
+        "toolkit: the Qwen2.5-Math toolkit's verdicts (comparable with the paper); strict: the same extraction, "
+        "correct equivalence (no x100 percentages, exact integers, no article 'A' as a choice)",
+    )
     tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
     gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
     max_lora_rank: int = opt(

@@ -171,10 +171,11 @@ def _hub_rows(bench: Benchmark, limit: int | None) -> list[tuple[str, dict]]:
 
 
 def grade_completion(
-    item_kind: str, completion: str, gold: str, strip_units: bool = True, multiple: bool = False
+    item_kind: str, completion: str, gold: str, strip_units: bool = True, multiple: bool = False, strict: bool = False
 ) -> tuple[str, bool]:
-    """``(extracted, correct)`` for one completion."""
+    """``(extracted, correct)`` for one completion, by the toolkit's rules or, with
+    ``strict``, with the toolkit's extraction and a correct equivalence."""
     from .grading import is_equiv
 
-    pred = extract_answer(completion, item_kind, strip_units)
-    return pred, is_equiv(pred, gold, item_kind, multiple)
+    pred = extract_answer(completion, item_kind, strip_units, strict)
+    return pred, is_equiv(pred, gold, item_kind, multiple, strict=strict)

@@ -209,23 +209,26 @@ def normalize(answer: str, strip_units: bool = True) -> str:
     return _fix_a_slash_b(_fix_fracs(s))
 
 
-def extract_choice(completion: str) -> str:
-    """A letter A–D: from the last box, else "answer is (X)", else the last free-standing letter."""
+def extract_choice(completion: str, strict: bool = False) -> str:
+    """A letter A–D: from the last box, else "answer is (X)", else the last free-standing
+    letter. ``strict`` does not take the article "A" (a capital A before a lowercase word)
+    for a choice, as the toolkit does."""
     boxed = last_boxed(completion)
     for text in ([boxed] if boxed else []) + [completion]:
         m = re.search(r"(?:answer|choice) is:?\s*\(?\$?(?:\\text\{)?\(?([A-D])\b", text)
         if m:
             return m.group(1)
-        letters = re.findall(r"(?<![A-Za-z\\])([A-D])(?![A-Za-z])", text)
+        article = r"(?!\s+[a-z])" if strict else ""
+        letters = re.findall(r"(?<![A-Za-z\\])([A-D])(?![A-Za-z])" + article, text)
         if letters:
             return letters[-1]
     return ""
 
 
-def extract_answer(completion: str, kind: str = "math", strip_units: bool = True) -> str:
+def extract_answer(completion: str, kind: str = "math", strip_units: bool = True, strict: bool = False) -> str:
     """The final answer of a completion, normalised. ``kind`` is ``math`` or ``choice``."""
     if kind == "choice":
-        return extract_choice(completion)
+        return extract_choice(completion, strict)
     text = completion
     if "final answer is $" in text and "$. I hope" in text:
         pred = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
@@ -267,8 +270,14 @@ def to_number(s: str) -> float | None:
     return val if math.isfinite(val) else None
 
 
-def numbers_equal(pred: float, gold: float) -> bool:
-    """Relative tolerance 1e-4; a percentage may be written as a fraction or x100."""
+def numbers_equal(pred: float, gold: float, strict: bool = False) -> bool:
+    """The toolkit's rule: relative tolerance 1e-4, and a percentage may be written as a
+    fraction or x100 (so 50 matches 0.5). ``strict``: integers must be equal, other
+    numbers agree to 1e-6 relative, and no factor of 100 is forgiven."""
+    if strict:
+        if pred.is_integer() and gold.is_integer():
+            return pred == gold
+        return math.isclose(pred, gold, rel_tol=1e-6, abs_tol=1e-12)
     return any(math.isclose(pred, g, rel_tol=1e-4, abs_tol=1e-12) for g in (gold, gold / 100, gold * 100))
 
 
@@ -300,8 +309,11 @@ def math_verify_equal(pred: str, gold: str, timeout: int = 5) -> bool:
         return False
 
 
-def is_equiv(pred: str, gold: str, kind: str = "math", multiple: bool = False, timeout: int = 5) -> bool:
-    """Whether a normalised prediction matches a normalised gold answer."""
+def is_equiv(
+    pred: str, gold: str, kind: str = "math", multiple: bool = False, timeout: int = 5, strict: bool = False
+) -> bool:
+    """Whether a normalised prediction matches a normalised gold answer (``strict``: see
+    :func:`numbers_equal`)."""
     if pred is None or gold is None or str(pred).strip() == "":
         return False
     pred, gold = str(pred).strip(), str(gold).strip()
@@ -311,7 +323,7 @@ def is_equiv(pred: str, gold: str, kind: str = "math", multiple: bool = False, t
         return True
     pn, gn = to_number(pred), to_number(gold)
     if pn is not None and gn is not None:
-        return numbers_equal(pn, gn)
+        return numbers_equal(pn, gn, strict)
     if multiple:
         ps, gs = _split_top_level(pred), _split_top_level(gold)
         if len(gs) > 1:
@@ -319,7 +331,7 @@ def is_equiv(pred: str, gold: str, kind: str = "math", multiple: bool = False, t
                 return False
             remaining = list(ps)
             for g in gs:
-                hit = next((p for p in remaining if is_equiv(p, g, kind, False, timeout)), None)
+                hit = next((p for p in remaining if is_equiv(p, g, kind, False, timeout, strict)), None)
                 if hit is None:
                     return False
                 remaining.remove(hit)

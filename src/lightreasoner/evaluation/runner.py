@@ -79,7 +79,7 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
         for n in benchmark_names(cfg.benchmarks):
             f = Path(cfg.data_dir) / n / "test.jsonl"
             data[n] = file_fingerprint(f)["sha256"] if f.is_file() else None
-    return {
+    fp = {
         "model": model_fingerprint(cfg.model),
         "adapter": model_fingerprint(cfg.adapter),
         "backend": backend,
@@ -88,7 +88,10 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
         "system_prompt": cfg.system_prompt,
         "seed": cfg.seed,
         "data": data,
-    } | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
+    }
+    if cfg.grader != "toolkit":  # absent for the default, so evaluations made before --grader existed resume
+        fp["grader"] = cfg.grader
+    return fp | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
 
 
 def cd_fingerprint(cfg: EvalConfig) -> dict:
@@ -139,6 +142,9 @@ def check_backend(backend: str) -> str:
     if backend == "vllm" and not vllm_available():
         raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible")
     return backend
+
+
+GRADERS = ("toolkit", "strict")
 
 
 def check_vllm_options(cfg: EvalConfig) -> None:
@@ -215,6 +221,8 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     backend = check_backend(cfg.backend)
     check_contrastive(cfg, backend)
     check_vllm_options(cfg)
+    if cfg.grader not in GRADERS:
+        raise LightReasonerError(f"--grader {cfg.grader!r}: choose toolkit or strict")
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +275,11 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
 
         def finished(i: int, g, part=part, bench=bench, rows=rows, path=path) -> None:
             it = part[i]
-            pred, ok = grade_completion(it.kind, g.text, it.gold, bench.strip_units, it.multiple)
+            verdicts = {
+                grader: grade_completion(it.kind, g.text, it.gold, bench.strip_units, it.multiple, grader == "strict")
+                for grader in GRADERS
+            }
+            pred, ok = verdicts[cfg.grader]
             row = {
                 "id": it.id,
                 "problem": it.question,
@@ -275,6 +287,7 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
                 "completion": g.text,
                 "extracted": pred,
                 "correct": ok,
+                **{f"correct_{grader}": v[1] for grader, v in verdicts.items()},
                 "multiple": it.multiple,
                 "tokens": g.tokens,
                 "cut_off": g.cut_off,
@@ -314,6 +327,13 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
             "n": len(rows),
             "correct": correct,
             "accuracy": 100.0 * correct / max(1, len(rows)),
+            "grader": cfg.grader,
+            **{
+                f"accuracy_{g}": 100.0
+                * sum(bool(r.get(f"correct_{g}", r["correct"])) for r in rows)
+                / max(1, len(rows))
+                for g in GRADERS
+            },
             "cut_off": cut,
             "cut_off_share": cut / max(1, len(rows)),
         }
