@@ -8,7 +8,6 @@ changes what it does.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from .io import OutputLock
+from .records import ResumableWriter
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -65,6 +64,18 @@ def main_lock(out: str | Path) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def open_shard(out: str | Path, fp: dict, overwrite: bool) -> tuple[ResumableWriter, int, int]:
+    """This process's :class:`ResumableWriter` (the main process first: it may clear the
+    output), opened by every rank before any of them writes, so all see the same done set."""
+    rank, world = rank_and_world()
+    writer = ResumableWriter(out, fp, overwrite=overwrite) if rank == 0 else None
+    barrier()
+    if rank != 0:
+        writer = ResumableWriter(out, fp, rank=rank)
+    barrier()
+    return writer, rank, world
 
 
 def single_device_warning(n_gpu: int) -> str:

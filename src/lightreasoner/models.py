@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .distributed import launched
 from .errors import LightReasonerError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LightReasonerError(f"--device {device}: CUDA is not available on this machine")
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched():
             return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         return torch.device("cuda")
     if device == "auto":

@@ -28,7 +28,7 @@ from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
 from .decoding import Completion, greedy_decode
-from .distributed import barrier, main_lock, rank_and_world, shard
+from .distributed import barrier, main_lock, open_shard, shard
 from .errors import LightReasonerError
 from .io import file_fingerprint, fingerprint_diff, friendly_os_errors, model_fingerprint
 from .models import (
@@ -271,18 +271,6 @@ def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
                 f"{cfg.out}.partial. Lower --max-new-tokens, use --dtype bfloat16 on a GPU, or a larger device, "
                 "then run the same command again."
             ) from None
-
-
-def open_shard(out: str | Path, fp: dict, overwrite: bool) -> tuple[ResumableWriter, int, int]:
-    """This process's :class:`ResumableWriter` (the main process first: it may clear the
-    output), opened by every rank before any of them writes, so all see the same done set."""
-    rank, world = rank_and_world()
-    writer = ResumableWriter(out, fp, overwrite=overwrite) if rank == 0 else None
-    barrier()
-    if rank != 0:
-        writer = ResumableWriter(out, fp, rank=rank)
-    barrier()
-    return writer, rank, world
 
 
 def _sample_locked(cfg: SampleConfig, problems: list[Problem], src_e, src_a, tok, show_progress: bool) -> dict:

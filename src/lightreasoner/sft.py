@@ -38,7 +38,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import SFTConfig
 from .data import Problem, load_problems
 from .decoding import Completion, TopPSampler, greedy_decode
-from .distributed import barrier, is_main, main_lock, shard
+from .distributed import barrier, is_main, main_lock, open_shard, shard
 from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
@@ -46,7 +46,6 @@ from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_f
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from .prompts import encode_prompt
 from .records import summary_path
-from .sampling import open_shard
 from .training import (
     RESULT_FIELDS,
     IndexedDataset,

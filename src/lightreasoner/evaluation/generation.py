@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..decoding import _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
+from ..distributed import launched
 from ..errors import LightReasonerError
 from ..models import end_token_ids
 
@@ -113,7 +114,7 @@ class VLLMGenerator:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched():
             if tensor_parallel_size > 1:
                 raise LightReasonerError(
                     "--tensor-parallel-size > 1 under a launcher: use either one process with tensor parallelism, "

@@ -237,11 +237,15 @@ def shard_file(out: Path, name: str, rank: int) -> Path:
     return out / (f"{name}.jsonl" if rank == 0 else f"{name}.rank{rank}.jsonl")
 
 
+def rank_shards(out: Path, name: str) -> list[Path]:
+    """The shards other ranks wrote for benchmark ``name`` (``<name>.rank<r>.jsonl``)."""
+    return sorted(out.glob(glob.escape(name) + ".rank*.jsonl"))
+
+
 def saved_rows(out: Path, name: str) -> list[dict]:
     """Rows of ``name`` on disk: the final file, then every rank's shard (each id once)."""
     rows: dict[str, dict] = {}
-    shards = sorted(out.glob(glob.escape(name) + ".rank*.jsonl"))
-    for path in [out / f"{name}.jsonl", *shards]:
+    for path in [out / f"{name}.jsonl", *rank_shards(out, name)]:
         for r in read_done(path):
             rows.setdefault(r["id"], r)
     return list(rows.values())
@@ -312,7 +316,7 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
         selected = {it.id for it in items[name]}
         ordered = done[name] + [r for r in on_disk if r["id"] not in selected]
         final = out / f"{name}.jsonl"
-        shards = sorted(out.glob(glob.escape(name) + ".rank*.jsonl"))
+        shards = rank_shards(out, name)
         if shards or [r["id"] for r in read_done(final)] != [r["id"] for r in ordered]:
             atomic_write_text(final, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
         for f in shards:
