@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -45,59 +46,64 @@ def finished(pair, tmp_path_factory):
 
 def test_run_produces_every_artefact_and_the_report(finished):
     cfg, fig = finished
-    run = __import__("pathlib").Path(cfg.out)
+    run = Path(cfg.out)
     for p in (
         "eval/baseline/summary.json",
-        "samples.jsonl",
-        "adapter/adapter_model.safetensors",
-        "merged/model.safetensors",
-        "eval/tuned/summary.json",
+        "trajectories/amateur/samples.jsonl",
+        "arms/lightr/samples.jsonl",
+        "arms/lightr/adapter/adapter_model.safetensors",
+        "arms/lightr/eval/summary.json",
         "report.md",
         "report.json",
         "config.yaml",
     ):
         assert (run / p).exists(), p
+    assert set(fig["plots"]) == {"accuracy.png", "kl_histogram.png", "stage_times.png"}
     for name in fig["plots"]:
         w, h = png_size(run / name)
         assert w > 300 and h > 150
     report = (run / "report.md").read_text()
     assert "| Baseline |" in report and "| + LightR |" in report and "## Efficiency" in report
     assert "Tuned Tokens" in report and "transformers" in report and "max_problems: 3" in report
+    assert "## Ablations" not in report and "## Expertise gap" not in report  # one arm, one amateur
     saved = json.loads((run / "report.json").read_text())
-    assert saved["efficiency"]["sampled_problems"] == 3
-    records = len((run / "samples.jsonl").read_text().splitlines())
+    arm = saved["arms"]["lightr"]
+    assert arm["efficiency"]["sampled_problems"] == 3
+    records = len((run / "arms/lightr/samples.jsonl").read_text().splitlines())
     # 2 optimizer steps x batch 8 x accumulation 2: the records that received a loss
-    assert saved["efficiency"]["tuned_tokens"] == min(records, 2 * 8 * 2)
-    assert saved["efficiency"]["sft_tokens_same_trajectories"] >= saved["efficiency"]["tuned_tokens"]
+    assert arm["efficiency"]["tuned_tokens"] == min(records, 2 * 8 * 2)
+    assert arm["efficiency"]["sft_tokens_same_trajectories"] >= arm["efficiency"]["tuned_tokens"]
     assert set(saved["stage_seconds"]) == {
         "baseline evaluation",
-        "sampling",
-        "fine-tuning",
-        "merge",
-        "tuned evaluation",
+        "trajectories (amateur)",
+        "lightr: selection",
+        "lightr: fine-tuning",
+        "lightr: evaluation",
     }
     assert saved["generated_test_problems_checked_disjoint"] == 3
-    acc = saved["accuracy"]["reasoning-gym:gsm_symbolic"]
-    assert acc["delta"] == pytest.approx(acc["tuned"] - acc["baseline"])
+    acc = arm["results"]["reasoning-gym:gsm_symbolic"]
+    base = saved["baseline"]["results"]["reasoning-gym:gsm_symbolic"]
+    assert {"n", "correct", "accuracy", "delta", "ci95", "p_value"} <= acc.keys() and acc["n"] == 3
+    assert acc["delta"] == pytest.approx(acc["accuracy"] - base["accuracy"])
     assert acc["ci95"][0] <= acc["delta"] <= acc["ci95"][1] and 0 < acc["p_value"] <= 1
-    assert "p: exact McNemar" in report and ("not significant at 0.05" in report or "significant at 0.05" in report)
+    assert "p-value" in report and ("not significant at 0.05" in report or "significant at 0.05" in report)
 
 
 def test_rerun_skips_completed_stages_and_resumes_missing_ones(finished, caplog):
     cfg, _ = finished
-    run = __import__("pathlib").Path(cfg.out)
+    run = Path(cfg.out)
     before = json.loads((run / "timings.json").read_text())
-    adapter_mtime = (run / "adapter/adapter_model.safetensors").stat().st_mtime_ns
-    (run / "eval/tuned/summary.json").unlink()
+    adapter_mtime = (run / "arms/lightr/adapter/adapter_model.safetensors").stat().st_mtime_ns
+    (run / "arms/lightr/eval/summary.json").unlink()
     with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
         run_experiment(cfg, show_progress=False)
     skipped = [r.message for r in caplog.records if "already complete" in r.message]
-    assert len(skipped) == 4
+    assert len(skipped) == 3  # baseline, selection, fine-tuning (the pool is not needed any more)
     after = json.loads((run / "timings.json").read_text())
-    assert {k: v for k, v in after.items() if k != "tuned evaluation"} == {
-        k: v for k, v in before.items() if k != "tuned evaluation"
+    assert {k: v for k, v in after.items() if k != "lightr: evaluation"} == {
+        k: v for k, v in before.items() if k != "lightr: evaluation"
     }
-    assert (run / "adapter/adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
+    assert (run / "arms/lightr/adapter/adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
 
 
 def test_changed_settings_in_the_same_folder_are_refused(pair, finished):
@@ -148,8 +154,8 @@ def test_run_command_reports_bad_config(tmp_path, capsys):
 
 def test_a_failing_stage_stops_the_run_with_its_name(pair, tmp_path, capfd):
     cfg = tiny_run(pair, tmp_path / "r", eval_limit=1, sample={"max_new_tokens": 16, "max_problems": 0})
-    with pytest.raises(LightReasonerError, match=r"stage 'sampling' failed \(exit status 2"):
+    with pytest.raises(LightReasonerError, match=r"stage 'trajectories \(amateur\)' failed \(exit status 2"):
         run_experiment(cfg, show_progress=False)
     assert "--max-problems: must be at least 1" in capfd.readouterr().err  # the stage's own message
     assert (tmp_path / "r" / "eval" / "baseline" / "summary.json").exists()  # finished stages are kept
-    assert not (tmp_path / "r" / "samples.jsonl").exists()
+    assert not (tmp_path / "r" / "trajectories").exists() and not (tmp_path / "r" / "arms").exists()

@@ -160,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, flags, args.quick)
     fig = run_experiment(cfg, show_progress=not args.quiet)
     print(fig["tables"]["accuracy"])
+    print("\n".join(["", *fig["verdicts"]]))
     print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in fig["stage_seconds"].items()))
     print(f"report: {cfg.out}/report.md")
     return 0

@@ -60,6 +60,9 @@ class SampleConfig(ModelOptions):
     )
     skip_first_step: bool = opt(True, "skip the first generated position, as the original release does")
     contrast: bool = opt(True, "contrastive labels; --no-contrast uses the expert's own renormalised distribution")
+    expert_weights: bool = opt(
+        False, "records also carry the label without the contrast (expert_weights), for the ablations of a study"
+    )
     system_prompt: str = opt(SAMPLING_SYSTEM_PROMPT, "system message of the chat template")
     reference_scoring: bool = opt(False, "slow validation path: one forward per prefix, as the release does")
     overwrite: bool = opt(False, "discard an existing output or unfinished run and start again")
@@ -192,9 +195,21 @@ class RunConfig(ModelOptions):
     num_processes: int = opt(1, "processes per stage (sample, train, evaluations) started through accelerate launch")
     accelerate_config: str = opt(None, "accelerate config file for the stages (accelerate launch --config_file)")
     launch: dict = opt({}, "more `accelerate launch` options for the stages, e.g. num_machines, main_process_ip")
+    methods: str = opt(
+        "lightr",
+        "the arms: lightr, sft, lightr-no-select, lightr-no-contrast, lightr-no-select-no-contrast, cd "
+        "(comma-separated or a YAML list); arms can be added to a finished run later",
+    )
+    amateurs: str = opt(
+        None,
+        "more amateurs for the expertise-gap study (comma-separated or a YAML list): each gets its own arms of the "
+        "methods that use an amateur, and every amateur is evaluated on the test problems",
+    )
     sample: dict = opt({}, "options for the sampling stage")
-    train: dict = opt({}, "options for the fine-tuning stage")
-    eval: dict = opt({}, "options for both evaluations")
+    train: dict = opt({}, "options for the fine-tuning stage (the sft arm's LoRA and optimizer settings too)")
+    sft: dict = opt({}, "options of the sft arm (any option of `lightreasoner sft`)")
+    cd: dict = opt({}, "options of the cd arm (cd_alpha, cd_beta)")
+    eval: dict = opt({}, "options for every evaluation")
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -1,8 +1,12 @@
 """``lightreasoner run``: the whole experiment in one run directory.
 
-Stages: baseline evaluation → sampling → fine-tuning → merge → evaluation → report.
-Each stage is skipped when its output is already complete, so an interrupted run
-resumes where it stopped (sampling and evaluation also resume inside the stage).
+Shared stages: the baseline evaluation, each amateur's evaluation (expertise-gap study),
+and per amateur one pool of expert trajectories scored at every step with both labels.
+Then each arm (``methods``) in its own folder ``RUN/arms/<arm>``: LightReasoner and its
+ablations select their records from the pool and fine-tune; SFT samples, grades and
+fine-tunes; contrastive decoding only evaluates. Each stage is skipped when its output is
+already complete, so an interrupted run resumes where it stopped (sampling and
+evaluation also resume inside the stage), and arms added later redo nothing finished.
 """
 
 from __future__ import annotations
@@ -10,17 +14,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from .config import EvalConfig, MergeConfig, RunConfig, SampleConfig, TrainConfig, build, read_yaml
+from .config import EvalConfig, LoraOptions, RunConfig, SampleConfig, SFTConfig, TrainConfig, build, read_yaml
 from .errors import LightReasonerError
 from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors
 
@@ -99,7 +105,7 @@ def _die_with_parent() -> None:
 def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -> None:
     """Run one stage in its own process (so its memory, GPU memory and engines are gone
     when it ends); a failure stops the run with the stage's name and exit status."""
-    config_file = run / "stages" / f"{stage.command}-{stage.name.split()[0]}.yaml"
+    config_file = run / "stages" / f"{stage.command}-{re.sub(r'[^A-Za-z0-9@._-]+', '-', stage.name)}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     values = {k: v for k, v in asdict(stage_cfg).items() if v is not None}
     atomic_write_text(config_file, yaml.safe_dump({stage.command: values}, sort_keys=False))
@@ -113,8 +119,100 @@ def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -
         )
 
 
+@dataclass(frozen=True)
+class Method:
+    """One arm's recipe: ``kind`` lightr (sample, select, train), sft or cd (decoding only)."""
+
+    label: str
+    kind: str
+    select: bool = True
+    contrast: bool = True
+    uses_amateur: bool = True
+
+
+METHODS = {
+    "lightr": Method("+ LightR", "lightr"),
+    "lightr-no-select": Method("+ LightR w/o Select", "lightr", select=False),
+    "lightr-no-contrast": Method("+ LightR w/o Contrast", "lightr", contrast=False),
+    "lightr-no-select-no-contrast": Method(
+        "+ LightR w/o Select & Contrast", "lightr", select=False, contrast=False, uses_amateur=False
+    ),
+    "sft": Method("+ SFT", "sft", uses_amateur=False),
+    "cd": Method("+ CD", "cd"),
+}
+"""The arms a run can have. Without Select every step is trained on (β = -inf); without
+Contrast the label is the expert's own renormalised distribution; with neither, the
+amateur plays no part (one arm whatever the amateurs)."""
+
+
+@dataclass
+class Arm:
+    """One method with one amateur, in its own folder (``RUN/arms/<id>``)."""
+
+    id: str
+    method: str
+    amateur: str | None
+    dir: Path
+    label: str
+    legacy: bool = False  # the lightr arm of a run made before arms: its files sit in the run folder
+
+    @property
+    def samples(self) -> Path:
+        return self.dir / "samples.jsonl"
+
+    @property
+    def adapter(self) -> Path:
+        return self.dir / "adapter"
+
+    @property
+    def eval(self) -> Path:
+        return self.dir / ("eval/tuned" if self.legacy else "eval")
+
+
+def split_list(value: str | None) -> list[str]:
+    return [] if not value else [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def amateur_tag(model: str) -> str:
+    """A folder-safe short name of a model: ``embedded:Qwen2.5-0.5B`` → ``Qwen2.5-0.5B``."""
+    name = Path(model.split(":", 1)[-1].rstrip("/")).name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "amateur"
+
+
+def all_amateurs(cfg: RunConfig) -> list[str]:
+    """The run's amateur, then the gap study's others; their short names must differ."""
+    models = [cfg.amateur, *(a for a in split_list(cfg.amateurs) if a != cfg.amateur)]
+    tags = [amateur_tag(m) for m in models]
+    if len(set(tags)) != len(tags):
+        raise LightReasonerError(f"amateurs: two amateurs share a folder name ({', '.join(tags)}); rename one")
+    return models
+
+
+def plan_arms(cfg: RunConfig, run: Path) -> list[Arm]:
+    """Every arm of the run, in the order of ``methods`` (each with the run's amateur first)."""
+    methods = split_list(cfg.methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise LightReasonerError(
+            f"methods: unknown {', '.join(map(repr, unknown)) or '(none given)'} (known: {', '.join(METHODS)})"
+        )
+    legacy = any((run / p).exists() for p in ("samples.jsonl", "samples.jsonl.progress", "adapter", "eval/tuned"))
+    amateurs = all_amateurs(cfg)
+    arms = []
+    for m in dict.fromkeys(methods):
+        spec = METHODS[m]
+        for i, a in enumerate(amateurs if spec.uses_amateur else [cfg.amateur]):
+            arm_id = m if i == 0 else f"{m}@{amateur_tag(a)}"
+            label = spec.label if i == 0 else f"{spec.label} ({amateur_tag(a)})"
+            old = legacy and arm_id == "lightr"
+            arms.append(Arm(arm_id, m, a, run if old else run / "arms" / arm_id, label, old))
+    return arms
+
+
 def stage_configs(cfg: RunConfig) -> dict:
-    """The config of every stage, built from the run config and its sections."""
+    """The config of every stage, built from the run config and its sections: ``baseline``,
+    ``amateurs`` (tag → eval), ``pools`` (tag → sampling of every step), and ``arms``
+    (id → {"arm", "train"/"sft", "eval"})."""
     run = Path(cfg.out)
     common = {
         "dtype": cfg.dtype,
@@ -122,62 +220,102 @@ def stage_configs(cfg: RunConfig) -> dict:
         "allow_pickle": cfg.allow_pickle,
         "trust_remote_code": cfg.trust_remote_code,
     }
-    sample = build(
-        SampleConfig,
-        {
-            **common,
-            "expert": cfg.expert,
-            "amateur": cfg.amateur,
-            "data": cfg.data,
-            "out": str(run / "samples.jsonl"),
-            "question_field": cfg.question_field,
-            "max_problems": cfg.max_problems,
-            "seed": cfg.seed,
-            **cfg.sample,
-        },
-        {},
-        source="run config, section 'sample'",
-    )
-    train = build(
-        TrainConfig,
-        {
-            **common,
-            "model": cfg.expert,
-            "samples": sample.out,
-            "output_dir": str(run / "adapter"),
-            "resume": True,  # continue from the last checkpoint of an interrupted run
-            **cfg.train,
-        },
-        {},
-        source="run config, section 'train'",
-    )
-    merge = build(
-        MergeConfig,
-        {**common, "base": cfg.expert, "adapter": train.output_dir, "out": str(run / "merged")},
-        {},
-        source="run config",
-    )
-    evals = {}
-    for which, model, name in (("baseline", cfg.expert, "Baseline"), ("tuned", merge.out, "+ LightR")):
-        evals[which] = build(
-            EvalConfig,
+    eval_common = {
+        **common,
+        "benchmarks": cfg.benchmarks,
+        "data_dir": cfg.data_dir,
+        "limit": cfg.eval_limit,
+        "seed": cfg.eval_seed,
+        "max_new_tokens": cfg.eval_max_new_tokens,
+        "batch_size": cfg.eval_batch_size,
+        **cfg.eval,
+    }
+
+    def evaluation(out: Path, name: str, **over) -> EvalConfig:
+        return build(EvalConfig, {**eval_common, "out": str(out), "name": name, **over}, {}, "run config, 'eval'")
+
+    sample_section = {k: v for k, v in cfg.sample.items() if k not in ("beta", "contrast", "expert_weights")}
+    beta = build(SampleConfig, {**cfg.sample, "expert": "-", "amateur": "-", "data": "-", "out": "-"}, {}).beta
+    pools = {
+        amateur_tag(a): build(
+            SampleConfig,
             {
                 **common,
-                "model": model,
-                "out": str(run / "eval" / which),
-                "name": name,
-                "benchmarks": cfg.benchmarks,
-                "data_dir": cfg.data_dir,
-                "limit": cfg.eval_limit,
-                "seed": cfg.eval_seed,
-                "max_new_tokens": cfg.eval_max_new_tokens,
-                "batch_size": cfg.eval_batch_size,
-                **cfg.eval,
+                "expert": cfg.expert,
+                "amateur": a,
+                "data": cfg.data,
+                "out": str(run / "trajectories" / amateur_tag(a) / "samples.jsonl"),
+                "question_field": cfg.question_field,
+                "max_problems": cfg.max_problems,
+                "seed": cfg.seed,
+                **sample_section,
+                "beta": -math.inf,
+                "expert_weights": True,
             },
             {},
-            source="run config, section 'eval'",
+            source="run config, section 'sample'",
         )
-    return {"sample": sample, "train": train, "merge": merge, "baseline": evals["baseline"], "tuned": evals["tuned"]}
+        for a in all_amateurs(cfg)
+    }
+    amateur_evals = {}
+    if len(pools) > 1:  # the expertise-gap study: each amateur on the same test problems
+        amateur_evals = {
+            tag: evaluation(run / "eval" / f"amateur-{tag}", f"Amateur {tag}", model=a)
+            for tag, a in zip(pools, all_amateurs(cfg))
+        }
+    train_only = {f.name for f in fields(TrainConfig)} - {f.name for f in fields(LoraOptions)}
+    arms = {}
+    for arm in plan_arms(cfg, run):
+        spec = METHODS[arm.method]
+        entry: dict = {"arm": arm}
+        if spec.kind == "lightr":
+            entry["pool"] = amateur_tag(arm.amateur)
+            entry["beta"] = beta if spec.select else -math.inf
+            entry["contrast"] = spec.contrast
+            entry["train"] = build(
+                TrainConfig,
+                {
+                    **common,
+                    "model": cfg.expert,
+                    "samples": str(arm.samples),
+                    "output_dir": str(arm.adapter),
+                    "resume": True,  # continue from the last checkpoint of an interrupted run
+                    **cfg.train,
+                },
+                {},
+                source="run config, section 'train'",
+            )
+        elif spec.kind == "sft":
+            entry["sft"] = build(
+                SFTConfig,
+                {
+                    **common,
+                    "model": cfg.expert,
+                    "data": cfg.data,
+                    "question_field": cfg.question_field,
+                    "max_problems": cfg.max_problems,
+                    "data_seed": cfg.seed,
+                    "output_dir": str(arm.adapter),
+                    "resume": True,
+                    **{k: v for k, v in cfg.train.items() if k not in train_only},
+                    **cfg.sft,
+                },
+                {},
+                source="run config, section 'sft'",
+            )
+        if spec.kind == "cd":
+            entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, contrastive_amateur=arm.amateur, **cfg.cd)
+        elif arm.legacy and (run / "merged" / "config.json").exists():
+            entry["eval"] = evaluation(arm.eval, arm.label, model=str(run / "merged"))
+        else:  # the adapter is merged into the expert in memory, as `merge` would
+            entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, adapter=str(arm.adapter))
+        arms[arm.id] = entry
+    return {
+        "baseline": evaluation(run / "eval" / "baseline", "Baseline", model=cfg.expert),
+        "amateurs": amateur_evals,
+        "pools": pools,
+        "arms": arms,
+    }
 
 
 def check_disjoint(cfg: RunConfig) -> int:
@@ -204,6 +342,9 @@ def check_disjoint(cfg: RunConfig) -> int:
 
 LAUNCH_FIELDS = ("num_processes", "accelerate_config", "launch")
 """Run options that change how stages start, not what they compute: a run may resume with others."""
+ARM_FIELDS = ("methods", "amateurs", "sft", "cd")
+"""Run options that add arms: a finished run may take more arms later (each arm's stages
+check their own settings)."""
 
 
 def _check_same_settings(run: Path, resolved: dict) -> None:
@@ -213,7 +354,7 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         defaults = asdict(RunConfig())
         # options added to RunConfig after the run was made count as their defaults
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
-        before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS} for d in (before, resolved))
+        before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS + ARM_FIELDS} for d in (before, resolved))
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise LightReasonerError(
@@ -223,8 +364,8 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
 
 
 def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
-    """Run (or resume) every stage, each in its own process, then write the report;
-    returns the report's figures."""
+    """Run (or resume) every stage of every arm, each in its own process, then write the
+    report; returns the report's figures."""
     if cfg.num_processes < 1:
         raise LightReasonerError("--num-processes: must be at least 1")
     if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
@@ -235,9 +376,46 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
         return _run_locked(cfg, run, show_progress)
 
 
+def _summary_exists(folder: str | Path, name: str = "summary.json") -> Callable[[], bool]:
+    return lambda: (Path(folder) / name).exists()
+
+
+def plan_stages(configs: dict) -> list[tuple[Stage, object]]:
+    """Every stage in order, with its config: the shared ones (baseline, amateurs, a pool
+    of trajectories per amateur, only while an arm still needs it) before each arm's."""
+    from .sft import SFT_SUMMARY
+    from .training import TRAIN_SUMMARY
+
+    stages: list[tuple[Stage, object]] = [
+        (Stage("baseline evaluation", "eval", _summary_exists(configs["baseline"].out)), configs["baseline"])
+    ]
+    for tag, ev in configs["amateurs"].items():
+        stages.append((Stage(f"amateur evaluation ({tag})", "eval", _summary_exists(ev.out)), ev))
+    pooled: set[str] = set()
+    for arm_id, entry in configs["arms"].items():
+        arm: Arm = entry["arm"]
+        legacy = arm.legacy
+        if "pool" in entry:
+            pool = configs["pools"][entry["pool"]]
+            if not arm.samples.exists() and entry["pool"] not in pooled:
+                pooled.add(entry["pool"])
+                name = f"trajectories ({entry['pool']})"
+                stages.append((Stage(name, "sample", lambda p=pool: Path(p.out).exists()), pool))
+            name = "selection" if legacy else f"{arm_id}: selection"
+            stages.append((Stage(name, "", lambda a=arm: a.samples.exists(), False), entry))
+            name = "fine-tuning" if legacy else f"{arm_id}: fine-tuning"
+            stages.append((Stage(name, "train", _summary_exists(arm.adapter, TRAIN_SUMMARY)), entry["train"]))
+        if "sft" in entry:
+            name = f"{arm_id}: sampling and fine-tuning"
+            stages.append((Stage(name, "sft", _summary_exists(arm.adapter, SFT_SUMMARY)), entry["sft"]))
+        name = "tuned evaluation" if legacy else f"{arm_id}: evaluation"
+        stages.append((Stage(name, "eval", _summary_exists(arm.eval)), entry["eval"]))
+    return stages
+
+
 def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     from .report import write_report
-    from .training import TRAIN_SUMMARY
+    from .sampling import select_from_pool
 
     resolved = asdict(cfg)
     _check_same_settings(run, resolved)
@@ -246,25 +424,20 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-    stages = [
-        (
-            Stage("baseline evaluation", "eval", lambda: (Path(configs["baseline"].out) / "summary.json").exists()),
-            "baseline",
-        ),
-        (Stage("sampling", "sample", lambda: Path(configs["sample"].out).exists()), "sample"),
-        (Stage("fine-tuning", "train", lambda: (Path(configs["train"].output_dir) / TRAIN_SUMMARY).exists()), "train"),
-        (Stage("merge", "merge", lambda: (Path(configs["merge"].out) / "config.json").exists(), False), "merge"),
-        (Stage("tuned evaluation", "eval", lambda: (Path(configs["tuned"].out) / "summary.json").exists()), "tuned"),
-    ]
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    for stage, key in stages:
+    for stage, stage_cfg in plan_stages(configs):
         if stage.done():
             log.info("[%s] already complete, skipped", stage.name)
             continue
         log.info("[%s] starting", stage.name)
         t0 = time.perf_counter()
-        run_stage(cfg, stage, configs[key], run, quiet=not show_progress)
+        if stage.command:
+            run_stage(cfg, stage, stage_cfg, run, quiet=not show_progress)
+        else:  # selection: a filter over the pool's records, in this process
+            arm = stage_cfg["arm"]
+            pool = configs["pools"][stage_cfg["pool"]].out
+            select_from_pool(pool, arm.samples, stage_cfg["beta"], stage_cfg["contrast"])
         timings[stage.name] = time.perf_counter() - t0
         atomic_write_json(timings_path, timings)
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])

@@ -43,6 +43,7 @@ class SoftLabelRecord:
     prefix_token_ids: list[int] | None = None
     expert: str | None = None
     amateur: str | None = None
+    expert_weights: list[float] | None = None  # the label without the contrast (see ``--expert-weights``)
 
     @property
     def is_exact(self) -> bool:

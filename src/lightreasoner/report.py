@@ -1,4 +1,9 @@
-"""The run report: ``report.md``, ``report.json`` and PNG plots in the run directory."""
+"""The run report: ``report.md``, ``report.json`` and PNG plots in the run directory.
+
+Tables in the paper's shapes: main results (a row per arm), every difference from the
+baseline with its 95% CI and McNemar p-value, efficiency (every trained arm), ablations
+and the expertise gap (when the run has them).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,10 @@ from pathlib import Path
 import yaml
 
 from .config import RunConfig
-from .evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes
+from .evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
 from .io import atomic_write_json, atomic_write_text
 from .records import summary_path
-from .stats import paired_difference, verdict
-from .training import TRAIN_SUMMARY
+from .stats import bootstrap_ci, paired_difference, verdict
 
 PACKAGES = (
     "lightreasoner",
@@ -30,7 +34,7 @@ PACKAGES = (
     "safetensors",
     "gguf",
 )
-STAGE_ORDER = ("baseline evaluation", "sampling", "fine-tuning", "merge", "tuned evaluation")
+ABLATIONS = ("lightr", "lightr-no-select", "lightr-no-contrast", "lightr-no-select-no-contrast")
 
 
 def versions() -> dict[str, str]:
@@ -53,202 +57,419 @@ def _share(count: int | None, n: int) -> str:
     return "n/a" if count is None else f"{count} of {n} ({100 * count / max(1, n):.1f}%)"
 
 
-def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int) -> dict:
-    """Every figure of the report, from the stages' own summaries."""
-    base, tuned = load_summary(configs["baseline"].out), load_summary(configs["tuned"].out)
-    samples = json.loads(summary_path(configs["sample"].out).read_text())
-    train = json.loads((Path(configs["train"].output_dir) / TRAIN_SUMMARY).read_text())
-    sampling_s, tuning_s = timings.get("sampling", 0.0), timings.get("fine-tuning", 0.0)
-    accuracy = {
-        name: {
-            "baseline": base["results"][name]["accuracy"],
-            "tuned": tuned["results"][name]["accuracy"],
-            "delta": tuned["results"][name]["accuracy"] - base["results"][name]["accuracy"],
-            "n": base["results"][name]["n"],
-            "correct": {"baseline": base["results"][name]["correct"], "tuned": tuned["results"][name]["correct"]},
-            "cut_off": {
-                "baseline": base["results"][name].get("cut_off"),
-                "tuned": tuned["results"][name].get("cut_off"),
-            },
-            "strict": {
-                "baseline": base["results"][name].get("accuracy_strict"),
-                "tuned": tuned["results"][name].get("accuracy_strict"),
-            },
-        }
-        for name in base["results"]
-        if name in tuned["results"]
+def _ci(d: dict) -> str:
+    return f"{d['delta']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
+
+
+def _results(summary: dict) -> dict:
+    return {
+        name: {k: r.get(k) for k in ("n", "correct", "accuracy", "accuracy_strict", "cut_off")}
+        for name, r in summary["results"].items()
     }
-    pairs = paired_outcomes(configs["baseline"].out, configs["tuned"].out, list(accuracy))
-    for name, a in accuracy.items():
-        d = paired_difference([pairs[name]])
-        a.update(ci95=d["ci95"], p_value=d["p_value"])
-    avg = paired_difference(list(pairs.values()))
+
+
+def versus_baseline(baseline: str | Path, other: str | Path, names: list[str]) -> tuple[dict, dict]:
+    """Per benchmark and on the average: paired difference (points), 95% CI, McNemar p."""
+    pairs = paired_outcomes(baseline, other, names)
+    per = {name: paired_difference([pairs[name]]) for name in names}
+    return per, paired_difference(list(pairs.values()))
+
+
+def accuracy_ci(folder: str | Path, names: list[str]) -> dict:
+    """95% bootstrap interval of each benchmark's accuracy and of their average (points)."""
+    own = paired_outcomes(folder, folder, names)
+    groups = {name: ([False] * len(v), v) for name, (v, _) in own.items()}
+    out = {name: list(bootstrap_ci([g])) for name, g in groups.items()}
+    out["AVG."] = list(bootstrap_ci(list(groups.values())))
+    return out
+
+
+def efficiency(entry: dict, arm_fig: dict) -> dict | None:
+    """Total time = sampling + fine-tuning (seconds inside the stages, model loading excluded),
+    sampled problems and tuned tokens of a trained arm."""
+    from .sft import SFT_SUMMARY
+    from .training import TRAIN_SUMMARY
+
+    arm = entry["arm"]
+    if "train" in entry:
+        samples = json.loads(summary_path(arm.samples).read_text())
+        train = json.loads((arm.adapter / TRAIN_SUMMARY).read_text())
+        sampling, tuning = samples["generation_seconds"] + samples["scoring_seconds"], train["seconds"]
+        out = {
+            "sampled_problems": samples["problems"],
+            "problems_attempted": samples["problems"],
+            "tuned_tokens": train["tuned_tokens"],
+            "optimizer_steps": train["optimizer_steps"],
+            "train_loss": train["train_loss"],
+            "sft_tokens_same_trajectories": samples["trajectory_tokens"],
+        }
+    elif "sft" in entry:
+        s = json.loads((arm.adapter / SFT_SUMMARY).read_text())
+        sampling, tuning = s["sampling_seconds"], s["fine_tuning_seconds"]
+        out = {
+            k: s[k]
+            for k in (
+                "sampled_problems",
+                "problems_attempted",
+                "tuned_tokens",
+                "optimizer_steps",
+                "train_loss",
+                "samples",
+                "correct",
+                "acceptance_rate",
+                "kept_solutions",
+            )
+        }
+    else:
+        return None
+    return {
+        "total_seconds": sampling + tuning,
+        "sampling_seconds": sampling,
+        "fine_tuning_seconds": tuning,
+        **out,
+        "average_gain": arm_fig["average"]["delta"],
+        "average_gain_ci95": arm_fig["average"]["ci95"],
+    }
+
+
+def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int) -> dict:
+    """Every figure of the report, from the stages' own summaries and per-problem files."""
+    base_dir = configs["baseline"].out
+    base = load_summary(base_dir)
+    names = list(base["results"])
+    arms: dict[str, dict] = {}
+    summaries = [base]
+    for arm_id, entry in configs["arms"].items():
+        arm = entry["arm"]
+        s = load_summary(arm.eval)
+        summaries.append(s)
+        per, avg = versus_baseline(base_dir, arm.eval, names)
+        results = _results(s)
+        for name in names:
+            results[name].update(delta=per[name]["delta"], ci95=per[name]["ci95"], p_value=per[name]["p_value"])
+        arms[arm_id] = {
+            "label": arm.label,
+            "method": arm.method,
+            "amateur": arm.amateur,
+            "folder": str(arm.dir),
+            "eval": str(arm.eval),
+            "results": results,
+            "average": {"accuracy": s["average"], **{k: avg[k] for k in ("delta", "ci95", "p_value", "n")}},
+            "accuracy_ci95": accuracy_ci(arm.eval, names),
+        }
+        arms[arm_id]["efficiency"] = efficiency(entry, arms[arm_id])
+        if "train" in entry:
+            samples = json.loads(summary_path(arm.samples).read_text())
+            arms[arm_id]["selection"] = {
+                k: samples[k]
+                for k in (
+                    "problems",
+                    "trajectory_tokens",
+                    "scored_steps",
+                    "selected_steps",
+                    "selected_per_problem",
+                    "selected_share",
+                    "kl_quantiles",
+                    "kl_histogram",
+                )
+            }
+            arms[arm_id]["selection"]["beta"] = entry["beta"] if "beta" in entry else samples["config"]["beta"]
+    amateurs = {}
+    for tag, ev in configs["amateurs"].items():
+        s = load_summary(ev.out)
+        gain_arm = next(
+            (a for a, e in configs["arms"].items() if e["arm"].method == "lightr" and e["arm"].amateur == ev.model),
+            None,
+        )
+        amateurs[tag] = {
+            "model": ev.model,
+            "results": _results(s),
+            "average": s["average"],
+            "perf_gap": base["average"] - s["average"],
+            "lightr_arm": gain_arm,
+            "gain": arms[gain_arm]["average"] if gain_arm else None,
+        }
+    eval_dirs = [base_dir] + [configs["arms"][a]["arm"].eval for a in arms]
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run),
-        "accuracy": accuracy,
-        "average": {
-            "baseline": base["average"],
-            "tuned": tuned["average"],
-            "delta": tuned["average"] - base["average"],
-            "ci95": avg["ci95"],
-            "p_value": avg["p_value"],
+        "benchmarks": names,
+        "baseline": {
+            "results": _results(base),
+            "average": base["average"],
+            "accuracy_ci95": accuracy_ci(base_dir, names),
         },
-        "efficiency": {
-            "total_seconds": sampling_s + tuning_s,
-            "sampling_seconds": sampling_s,
-            "fine_tuning_seconds": tuning_s,
-            "sampled_problems": samples["problems"],
-            "tuned_tokens": train["tuned_tokens"],
-            "sft_tokens_same_trajectories": samples["trajectory_tokens"],
-            "optimizer_steps": train["optimizer_steps"],
-            "train_loss": train["train_loss"],
-        },
-        "selection": {
-            k: samples[k]
-            for k in (
-                "problems",
-                "trajectory_tokens",
-                "scored_steps",
-                "selected_steps",
-                "selected_per_problem",
-                "selected_share",
-                "kl_quantiles",
-            )
-        },
-        "kl_histogram": samples["kl_histogram"],
-        "beta": samples["config"]["beta"],
+        "arms": arms,
+        "amateurs": amateurs,
         "eval_max_new_tokens": configs["baseline"].max_new_tokens,
-        "stage_seconds": {s: timings[s] for s in STAGE_ORDER if s in timings},
+        "stage_seconds": dict(timings),
         "generated_test_problems_checked_disjoint": disjoint_checked,
         "config": asdict(cfg),
         "versions": versions(),
-        "tables": {"accuracy": markdown_table([base, tuned], deltas=True)},
+        "tables": {
+            "accuracy": markdown_table(summaries, deltas=True),
+            "significance": significance_table(summaries, eval_dirs),
+        },
     }
 
 
+def stage_owner(stage: str) -> tuple[str, str]:
+    """``(row, kind)`` of a stage name for the time plot: the arm it belongs to ("shared"
+    for the baseline, amateur evaluations and pools) and what it did."""
+    legacy = {"sampling": "sampling", "selection": "selection", "fine-tuning": "fine-tuning", "merge": "merge"}
+    if stage in legacy or stage == "tuned evaluation":
+        return "lightr", legacy.get(stage, "evaluation")
+    if ": " in stage:
+        arm, what = stage.split(": ", 1)
+        return arm, what
+    return "shared", "sampling" if stage.startswith("trajectories") else "evaluation"
+
+
+KIND_COLORS = {
+    "sampling": "#2f6fb0",
+    "selection": "#8fb8de",
+    "fine-tuning": "#e08e45",
+    "sampling and fine-tuning": "#b5651d",
+    "merge": "#9aa5b1",
+    "evaluation": "#5a9e6f",
+}
+
+
 def plot(run: Path, fig: dict) -> list[str]:
-    """accuracy.png, kl_histogram.png, stage_times.png; returns their file names."""
+    """accuracy.png, stage_times.png, and when the run has them kl_histogram.png,
+    ablations.png, gap.png; returns their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(fig["accuracy"])
-    labels = [display_name(n) for n in names] + ["AVG."]
-    before = [fig["accuracy"][n]["baseline"] for n in names] + [fig["average"]["baseline"]]
-    after = [fig["accuracy"][n]["tuned"] for n in names] + [fig["average"]["tuned"]]
-    f, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(labels) + 2), 4))
-    x = range(len(labels))
-    w = 0.38
-    b1 = ax.bar([i - w / 2 for i in x], before, w, label="Baseline", color="#9aa5b1")
-    b2 = ax.bar([i + w / 2 for i in x], after, w, label="+ LightR", color="#2f6fb0")
-    ax.bar_label(b1, fmt="%.1f", fontsize=8)
-    ax.bar_label(b2, fmt="%.1f", fontsize=8)
-    ax.set_xticks(list(x), labels)
-    ax.set_ylabel("zero-shot pass@1 (%)")
+    made = []
+    names = fig["benchmarks"]
+    columns = [display_name(n) for n in names] + ["AVG."]
+    rows = [("Baseline", fig["baseline"])] + [(a["label"], a) for a in fig["arms"].values()]
+    f, ax = plt.subplots(figsize=(max(6.0, (0.9 + 0.35 * len(rows)) * len(columns) + 2), 4.2))
+    width = 0.8 / len(rows)
+    cmap = plt.get_cmap("tab10")
+    for j, (label, r) in enumerate(rows):
+        avg = r["average"]["accuracy"] if isinstance(r["average"], dict) else r["average"]
+        acc = [r["results"][n]["accuracy"] for n in names] + [avg]
+        ci = [r["accuracy_ci95"][n] for n in names] + [r["accuracy_ci95"]["AVG."]]
+        err = [[a - lo for a, (lo, _) in zip(acc, ci)], [hi - a for a, (_, hi) in zip(acc, ci)]]
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(columns))]
+        color = "#9aa5b1" if j == 0 else cmap((j - 1) % 10)
+        ax.bar(xs, acc, width, yerr=err, capsize=2, label=label, color=color, error_kw={"linewidth": 0.8})
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_ylabel("zero-shot pass@1 (%), 95% CI")
     ax.set_ylim(0, 105)
-    ax.set_title("Accuracy before and after LightReasoner")
-    ax.legend(frameon=False)
+    ax.set_title("Accuracy per arm")
+    ax.legend(frameon=False, fontsize=8, ncol=2)
     f.tight_layout()
     f.savefig(run / "accuracy.png", dpi=150)
     plt.close(f)
+    made.append("accuracy.png")
 
-    hist, beta = fig["kl_histogram"], fig["beta"]
-    f, ax = plt.subplots(figsize=(6, 3.8))
-    if hist["counts"]:
-        edges = hist["edges"]
-        ax.bar(
-            edges[:-1],
-            hist["counts"],
-            width=[b - a for a, b in zip(edges[:-1], edges[1:])],
-            align="edge",
-            color="#2f6fb0",
-            edgecolor="white",
-            linewidth=0.3,
-        )
-    if isinstance(beta, (int, float)) and beta > float("-inf"):
-        ax.axvline(beta, color="#c0392b", linestyle="--", label=f"β = {beta:g}")
-    share = fig["selection"]["selected_share"]
-    ax.set_title(f"Per-step KL(expert ‖ amateur): {100 * share:.1f}% of steps selected")
-    ax.set_xlabel("KL divergence (nats)")
-    ax.set_yscale("log")
-    ax.set_ylabel("steps (log scale)")
-    ax.legend(frameon=False)
-    f.tight_layout()
-    f.savefig(run / "kl_histogram.png", dpi=150)
-    plt.close(f)
+    lightr = fig["arms"].get("lightr")
+    if lightr and lightr.get("selection"):
+        sel = lightr["selection"]
+        hist, beta = sel["kl_histogram"], sel["beta"]
+        f, ax = plt.subplots(figsize=(6, 3.8))
+        if hist["counts"]:
+            edges = hist["edges"]
+            ax.bar(
+                edges[:-1],
+                hist["counts"],
+                width=[b - a for a, b in zip(edges[:-1], edges[1:])],
+                align="edge",
+                color="#2f6fb0",
+                edgecolor="white",
+                linewidth=0.3,
+            )
+        if isinstance(beta, (int, float)) and beta > float("-inf"):
+            ax.axvline(beta, color="#c0392b", linestyle="--", label=f"β = {beta:g}")
+            ax.legend(frameon=False)
+        ax.set_title(f"Per-step KL(expert ‖ amateur): {100 * sel['selected_share']:.1f}% of steps selected")
+        ax.set_xlabel("KL divergence (nats)")
+        ax.set_yscale("log")
+        ax.set_ylabel("steps (log scale)")
+        f.tight_layout()
+        f.savefig(run / "kl_histogram.png", dpi=150)
+        plt.close(f)
+        made.append("kl_histogram.png")
 
-    stages = list(fig["stage_seconds"])
-    f, ax = plt.subplots(figsize=(6, 0.45 * len(stages) + 1.2))
-    secs = [fig["stage_seconds"][s] / 60 for s in stages]
-    bars = ax.barh(stages, secs, color="#2f6fb0")
-    ax.bar_label(bars, labels=[_hms(60 * s) for s in secs], fontsize=8, padding=3)
+    ablations = [fig["arms"][a] for a in ABLATIONS if a in fig["arms"]]
+    if len(ablations) > 1:
+        f, ax = plt.subplots(figsize=(6.5, 3.8))
+        gains = [a["average"]["delta"] for a in ablations]
+        err = [
+            [g - a["average"]["ci95"][0] for g, a in zip(gains, ablations)],
+            [a["average"]["ci95"][1] - g for g, a in zip(gains, ablations)],
+        ]
+        labels = [a["label"].replace("+ LightR ", "").replace("+ LightR", "LightR") for a in ablations]
+        bars = ax.bar(labels, gains, yerr=err, capsize=4, color="#2f6fb0")
+        ax.bar_label(bars, fmt="%+.1f", fontsize=8, padding=2)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylabel("AVG. gain over baseline (points), 95% CI")
+        ax.set_title("Ablations")
+        ax.tick_params(axis="x", labelsize=8)
+        f.tight_layout()
+        f.savefig(run / "ablations.png", dpi=150)
+        plt.close(f)
+        made.append("ablations.png")
+
+    points = [(tag, a) for tag, a in fig["amateurs"].items() if a["gain"]]
+    if points:
+        f, ax = plt.subplots(figsize=(6, 4))
+        for tag, a in points:
+            g = a["gain"]
+            ax.errorbar(
+                a["perf_gap"],
+                g["delta"],
+                yerr=[[g["delta"] - g["ci95"][0]], [g["ci95"][1] - g["delta"]]],
+                fmt="o",
+                capsize=4,
+                color="#2f6fb0",
+            )
+            ax.annotate(tag, (a["perf_gap"], g["delta"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("expertise gap: expert − amateur accuracy (points)")
+        ax.set_ylabel("LightReasoner gain (points), 95% CI")
+        ax.set_title("Gain against the expertise gap")
+        f.tight_layout()
+        f.savefig(run / "gap.png", dpi=150)
+        plt.close(f)
+        made.append("gap.png")
+
+    owners: dict[str, list[tuple[str, float]]] = {}
+    for stage, secs in fig["stage_seconds"].items():
+        row, kind = stage_owner(stage)
+        owners.setdefault(row, []).append((kind, secs / 60))
+    f, ax = plt.subplots(figsize=(7, 0.5 * len(owners) + 1.6))
+    seen = set()
+    for i, parts in enumerate(owners.values()):
+        left = 0.0
+        for kind, minutes in parts:
+            label = None if kind in seen else kind
+            seen.add(kind)
+            ax.barh(i, minutes, left=left, color=KIND_COLORS.get(kind, "#777777"), label=label)
+            left += minutes
+        ax.text(left, i, f" {_hms(60 * left)}", va="center", fontsize=8)
+    ax.set_yticks(range(len(owners)), list(owners))
     ax.invert_yaxis()
     ax.set_xlabel("minutes")
-    ax.set_xlim(0, max(secs + [0.1]) * 1.3)
-    ax.set_title("Time per stage")
+    ax.set_xlim(0, max([sum(m for _, m in p) for p in owners.values()] + [0.1]) * 1.3)
+    ax.set_title("Time per stage and arm")
+    ax.legend(frameon=False, fontsize=8)
     f.tight_layout()
     f.savefig(run / "stage_times.png", dpi=150)
     plt.close(f)
-    return ["accuracy.png", "kl_histogram.png", "stage_times.png"]
+    made.append("stage_times.png")
+    return made
 
 
 def _strict_lines(fig: dict) -> list[str]:
     """Accuracy by the strict grader, where it differs from the table's (toolkit) figures."""
+    rows = [("Baseline", fig["baseline"]["results"])] + [(a["label"], a["results"]) for a in fig["arms"].values()]
     differ = [
-        (n, a)
-        for n, a in fig["accuracy"].items()
-        if a["strict"]["baseline"] is not None
-        and (a["strict"]["baseline"] != a["baseline"] or a["strict"]["tuned"] != a["tuned"])
+        f"{label}: {display_name(n)} {r['accuracy_strict']:.1f}"
+        for label, results in rows
+        for n, r in results.items()
+        if r.get("accuracy_strict") is not None and r["accuracy_strict"] != r["accuracy"]
     ]
     if not differ:
         return []
     return [
-        "With the strict grader (the same extraction, correct equivalence; `--grader strict`), baseline → tuned: "
-        + ", ".join(f"{display_name(n)} {a['strict']['baseline']:.1f} → {a['strict']['tuned']:.1f}" for n, a in differ)
+        "Where the strict grader (the same extraction, correct equivalence; `--grader strict`) differs: "
+        + "; ".join(differ)
         + ".",
         "",
     ]
 
 
+def efficiency_table(fig: dict) -> str:
+    lines = [
+        "| Method | Total Time | Sampling | Fine-tuning | Sampled Problems | Tuned Tokens | Average Gain [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in fig["arms"].values():
+        e = a["efficiency"]
+        if e is None:
+            continue
+        problems = str(e["sampled_problems"])
+        if e["problems_attempted"] != e["sampled_problems"]:
+            problems += f" (of {e['problems_attempted']} attempted)"
+        lines.append(
+            f"| {a['label']} | {_hms(e['total_seconds'])} | {_hms(e['sampling_seconds'])} | "
+            f"{_hms(e['fine_tuning_seconds'])} | {problems} | {e['tuned_tokens']:,} | {_ci(a['average'])} |"
+        )
+    return "\n".join(lines)
+
+
+def ablation_table(fig: dict) -> str:
+    names = fig["benchmarks"]
+    head = (
+        "| Variant | Select | Contrast | " + " | ".join(display_name(n) for n in names) + " | AVG. | Δ [95% CI] | p |"
+    )
+    lines = [head, "|" + "---|" * (len(names) + 6)]
+    lines.append(
+        "| Baseline | – | – | "
+        + " | ".join(f"{fig['baseline']['results'][n]['accuracy']:.1f}" for n in names)
+        + f" | {fig['baseline']['average']:.1f} | | |"
+    )
+    for a_id in ABLATIONS:
+        a = fig["arms"].get(a_id)
+        if a is None:
+            continue
+        select, contrast = "no-select" not in a_id, "no-contrast" not in a_id
+        lines.append(
+            f"| {a['label']} | {'✓' if select else '✗'} | {'✓' if contrast else '✗'} | "
+            + " | ".join(f"{a['results'][n]['accuracy']:.1f}" for n in names)
+            + f" | {a['average']['accuracy']:.1f} | {_ci(a['average'])} | {a['average']['p_value']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def gap_table(fig: dict) -> str:
+    lines = [
+        "| Amateur | Amateur AVG. | Expertise gap (points) | LightR gain [95% CI] | p |",
+        "|---|---|---|---|---|",
+    ]
+    for tag, a in fig["amateurs"].items():
+        gain = f"{_ci(a['gain'])} | {a['gain']['p_value']:.3g}" if a["gain"] else "– | –"
+        lines.append(f"| {tag} | {a['average']:.1f} | {a['perf_gap']:+.1f} | {gain} |")
+    return "\n".join(lines)
+
+
 def markdown(fig: dict) -> str:
-    eff, sel, cfg = fig["efficiency"], fig["selection"], fig["config"]
-    q = sel["kl_quantiles"]
+    cfg = fig["config"]
     lines = [
         "# LightReasoner run report",
         "",
         f"Run directory `{fig['run_dir']}`, written {fig['created']}.",
-        f"Expert `{cfg['expert']}`, amateur `{cfg['amateur']}`; training problems `{cfg['data']}` "
-        f"({eff['sampled_problems']} sampled).",
+        f"Expert `{cfg['expert']}`, amateur `{cfg['amateur']}`; training problems `{cfg['data']}`; "
+        f"arms: {', '.join(a['label'] for a in fig['arms'].values())}.",
         "",
-        "## Accuracy (zero-shot pass@1, %)",
+        "## Main results (zero-shot pass@1, %; in brackets the difference from the baseline)",
         "",
         fig["tables"]["accuracy"],
         "",
-        "Correct answers (baseline → tuned, of the test problems): "
-        + ", ".join(
-            f"{display_name(n)} {a['correct']['baseline']} → {a['correct']['tuned']} of {a['n']}"
-            for n, a in fig["accuracy"].items()
-        )
-        + f". One problem is worth {100 / max(1, min(a['n'] for a in fig['accuracy'].values())):.1f} points "
-        "on the smallest benchmark.",
+        "![accuracy](accuracy.png)",
+        "",
+        "## Is each difference real?",
+        "",
+        "Every arm against the baseline on the same problems: the difference in points, its 95% confidence "
+        "interval (paired bootstrap over problems, 10,000 resamples, seed 0; AVG. resamples each benchmark on "
+        "its own) and the exact McNemar p-value of the discordant problems.",
+        "",
+        fig["tables"]["significance"],
+        "",
+        *[f"- {v}." for v in fig["verdicts"]],
         "",
         *_strict_lines(fig),
-        "Differences, tuned − baseline, paired on the same problems (95% CI: paired bootstrap, 10,000 resamples; "
-        "p: exact McNemar): "
+        f"Completions cut off at the {fig['eval_max_new_tokens']}-token budget before the model ended its answer: "
         + "; ".join(
-            f"{name} {d['delta']:+.1f} points [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}], p = {d['p_value']:.3g}, "
-            f"{verdict(d['p_value'])}"
-            for name, d in [*((display_name(n), a) for n, a in fig["accuracy"].items()), ("AVG.", fig["average"])]
-        )
-        + ".",
-        "",
-        f"Completions cut off at the {fig['eval_max_new_tokens']}-token budget before the model ended its answer "
-        "(baseline, tuned): "
-        + ", ".join(
-            f"{display_name(n)} {_share(a['cut_off']['baseline'], a['n'])}, {_share(a['cut_off']['tuned'], a['n'])}"
-            for n, a in fig["accuracy"].items()
+            f"{label} " + ", ".join(f"{display_name(n)} {_share(r['cut_off'], r['n'])}" for n, r in results.items())
+            for label, results in [("Baseline", fig["baseline"]["results"])]
+            + [(a["label"], a["results"]) for a in fig["arms"].values()]
         )
         + ".",
     ]
@@ -257,34 +478,60 @@ def markdown(fig: dict) -> str:
             f"The {fig['generated_test_problems_checked_disjoint']} generated test problems were checked "
             "to share no question with the training problems."
         )
+    if any(a["efficiency"] for a in fig["arms"].values()):
+        lines += [
+            "",
+            "## Efficiency",
+            "",
+            efficiency_table(fig),
+            "",
+            "Total time = sampling + fine-tuning, measured inside the stages (model loading excluded). LightReasoner "
+            "variants share one pass over the expert's trajectories; each is charged its full time. Sampled problems: "
+            "problems whose trajectories (LightReasoner) or kept solutions (SFT) were trained on. Tuned tokens: "
+            "tokens that received a loss.",
+        ]
+        for a in fig["arms"].values():
+            e = a["efficiency"]
+            if e and "acceptance_rate" in e:
+                lines.append(
+                    f"{a['label']}: {e['samples']} solutions sampled, {e['correct']} correct "
+                    f"(acceptance {100 * e['acceptance_rate']:.1f}%), {e['kept_solutions']} kept."
+                )
+            elif e:
+                lines.append(
+                    f"{a['label']}: {e['optimizer_steps']} optimizer steps, mean loss {e['train_loss']:.4f}; SFT on "
+                    f"the same trajectories would tune all {e['sft_tokens_same_trajectories']:,} of their tokens."
+                )
+    if sum(a in fig["arms"] for a in ABLATIONS) > 1:
+        lines += ["", "## Ablations", "", ablation_table(fig), "", "![ablations](ablations.png)"]
+    if fig["amateurs"]:
+        lines += [
+            "",
+            "## Expertise gap",
+            "",
+            f"Expert baseline AVG. {fig['baseline']['average']:.1f}; expertise gap = expert − amateur accuracy.",
+            "",
+            gap_table(fig),
+            "",
+        ]
+        lines += ["![gain against gap](gap.png)"] if any(a["gain"] for a in fig["amateurs"].values()) else []
+    sel = (fig["arms"].get("lightr") or {}).get("selection")
+    if sel:
+        q = sel["kl_quantiles"]
+        lines += [
+            "",
+            "## Step selection (LightReasoner)",
+            "",
+            "| Problems | Trajectory tokens | Scored steps | Selected steps | Selected / problem | Share selected |",
+            "|---|---|---|---|---|---|",
+            f"| {sel['problems']} | {sel['trajectory_tokens']:,} | {sel['scored_steps']:,} | "
+            f"{sel['selected_steps']:,} | {sel['selected_per_problem']:.1f} | {100 * sel['selected_share']:.1f}% |",
+            "",
+            "KL quantiles (nats): " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()) + f"; β = {sel['beta']}.",
+            "",
+            "![KL histogram](kl_histogram.png)",
+        ]
     lines += [
-        "",
-        "![accuracy](accuracy.png)",
-        "",
-        "## Efficiency",
-        "",
-        "| Method | Total Time | Sampling | Fine-tuning | Sampled Problems | Tuned Tokens | Average Gain |",
-        "|---|---|---|---|---|---|---|",
-        f"| + LightR | {_hms(eff['total_seconds'])} | {_hms(eff['sampling_seconds'])} | "
-        f"{_hms(eff['fine_tuning_seconds'])} | {eff['sampled_problems']} | {eff['tuned_tokens']:,} | "
-        f"{fig['average']['delta']:+.1f} |",
-        "",
-        f"Tuned tokens are the soft-label records trained on (next-token predictions that receive a loss). "
-        f"SFT on the same {eff['sampled_problems']} trajectories would tune all of their "
-        f"{eff['sft_tokens_same_trajectories']:,} tokens "
-        f"({eff['sft_tokens_same_trajectories'] / max(1, eff['tuned_tokens']):.1f}x more). "
-        f"Fine-tuning: {eff['optimizer_steps']} optimizer steps, mean loss {eff['train_loss']:.4f}.",
-        "",
-        "## Step selection",
-        "",
-        "| Problems | Trajectory tokens | Scored steps | Selected steps | Selected / problem | Share selected |",
-        "|---|---|---|---|---|---|",
-        f"| {sel['problems']} | {sel['trajectory_tokens']:,} | {sel['scored_steps']:,} | {sel['selected_steps']:,} | "
-        f"{sel['selected_per_problem']:.1f} | {100 * sel['selected_share']:.1f}% |",
-        "",
-        "KL quantiles (nats): " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()) + f"; β = {fig['beta']}.",
-        "",
-        "![KL histogram](kl_histogram.png)",
         "",
         "## Time per stage",
         "",
@@ -311,9 +558,19 @@ def markdown(fig: dict) -> str:
     return "\n".join(lines)
 
 
+def verdicts(fig: dict) -> list[str]:
+    """One sentence per arm: its average difference and whether it is significant."""
+    return [
+        f"{a['label']}: AVG. {_ci(a['average'])} points, p = {a['average']['p_value']:.3g}, "
+        f"{verdict(a['average']['p_value'])}"
+        for a in fig["arms"].values()
+    ]
+
+
 def write_report(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int = 0) -> dict:
     """``configs``: the stage configs of :func:`lightreasoner.pipeline.stage_configs` (where outputs are)."""
     fig = gather(run, cfg, configs, timings, disjoint_checked)
+    fig["verdicts"] = verdicts(fig)
     fig["plots"] = plot(run, fig)
     atomic_write_json(run / "report.json", fig)
     atomic_write_text(run / "report.md", markdown(fig))

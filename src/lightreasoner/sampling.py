@@ -30,7 +30,14 @@ from .data import Problem, load_problems
 from .decoding import Completion, greedy_decode
 from .distributed import barrier, main_lock, open_shard, shard
 from .errors import LightReasonerError
-from .io import file_fingerprint, fingerprint_diff, friendly_os_errors, model_fingerprint
+from .io import (
+    atomic_write_json,
+    atomic_write_text,
+    file_fingerprint,
+    fingerprint_diff,
+    friendly_os_errors,
+    model_fingerprint,
+)
 from .models import (
     ModelSource,
     check_pair,
@@ -68,6 +75,7 @@ class StepLabel:
     token_ids: list[int]
     weights: list[float]
     kl: float
+    expert_weights: list[float] | None = None
 
 
 def generate_trajectories(
@@ -158,11 +166,14 @@ def label_steps(
     alpha: float,
     start: int = 1,
     use_contrast: bool = True,
+    with_expert_weights: bool = False,
 ) -> tuple[list[StepLabel], list[float]]:
     """Select steps and build soft labels from per-step logits ``[n, V_E]``, ``[n, V_A]``.
 
     Softmax over each model's full logits, then compare over the shared ids
     ``[:min(V_E, V_A)]``. Returns the selected steps and the KL of every scored step.
+    ``with_expert_weights`` also gives each label the expert's own renormalised weights
+    over the same tokens (the plausible set depends on the expert only).
     """
     shared = min(expert_logits.shape[-1], amateur_logits.shape[-1])
     pe = torch.softmax(expert_logits[start:].float(), -1)[:, :shared]
@@ -179,10 +190,12 @@ def label_steps(
         w = contrast.contrastive_weights(pe_k, pa_k, mask)
     else:
         w = contrast.expert_weights(pe_k, mask)
+    we = contrast.expert_weights(pe_k, mask) if with_expert_weights else None
     labels = []
     for i, row in enumerate(rows.tolist()):
         ids = mask[i].nonzero().flatten()
-        labels.append(StepLabel(row + start, ids.tolist(), w[i, ids].tolist(), float(kl[row])))
+        own = None if we is None else we[i, ids].tolist()
+        labels.append(StepLabel(row + start, ids.tolist(), w[i, ids].tolist(), float(kl[row]), own))
     return labels, kl.tolist()
 
 
@@ -206,6 +219,7 @@ def to_records(
             prefix_token_ids=gen[: lab.step],
             expert=expert,
             amateur=amateur,
+            expert_weights=lab.expert_weights,
         )
         for lab in labels
     ]
@@ -234,6 +248,8 @@ def fingerprint(cfg: SampleConfig) -> dict:
     fp["expert"], fp["amateur"] = model_fingerprint(cfg.expert), model_fingerprint(cfg.amateur)
     fp["data_content"] = file_fingerprint(cfg.data)["sha256"] if Path(cfg.data).is_file() else None
     fp["max_problems"] = cfg.max_problems
+    if cfg.expert_weights:  # only when set: runs made before the option resume
+        fp["expert_weights"] = True
     return fp
 
 
@@ -364,7 +380,7 @@ def _sample_batches(
             le = [t.expert_logits for t in trajs] if from_generation else forced_in_pieces(expert, trajs, pad)
         done = []
         for t, e, a in zip(trajs, le, la):
-            labels, kls = label_steps(e, a, cfg.beta, cfg.alpha, start, cfg.contrast)
+            labels, kls = label_steps(e, a, cfg.beta, cfg.alpha, start, cfg.contrast, cfg.expert_weights)
             done.append((t, to_records(t, labels, tok, cfg.expert, cfg.amateur), kls))
         t2 = time.perf_counter()
         for t, recs, kls in done:
@@ -424,3 +440,42 @@ def kl_histogram(kls: torch.Tensor, bins: int = 60) -> dict:
     counts = torch.histc(kls.clamp(min=0).float(), bins=bins, min=0.0, max=top)
     edges = torch.linspace(0.0, top, bins + 1)
     return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def select_from_pool(pool: str | Path, out: str | Path, beta: float, use_contrast: bool) -> dict:
+    """Records of one LightReasoner variant from a pool sampled with ``beta = -inf`` and
+    ``--expert-weights`` (every step, both labels): the steps with KL ≥ ``beta``, labelled
+    with the contrastive weights or, without ``use_contrast``, the expert's own. The result
+    equals sampling that variant directly (the same trajectories, steps and labels), without
+    running either model again. Writes ``out`` and its summary; returns the summary."""
+    pool, out = Path(pool), Path(out)
+    base = json.loads(summary_path(pool).read_text())
+    if base["fingerprint"].get("beta") != repr(-math.inf) or not base["fingerprint"].get("expert_weights"):
+        raise LightReasonerError(f"{pool}: not a pool of every step with both labels (beta -inf, --expert-weights)")
+    rows = [json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()]
+    kl = torch.tensor([r["kl_divergence"] for r in rows], dtype=torch.float32)  # the dtype selection compares in
+    keep = contrast.select_steps(kl, beta).tolist() if rows else []
+    lines = []
+    for r, k in zip(rows, keep):
+        if not k:
+            continue
+        own = r.pop("expert_weights")
+        if not use_contrast:
+            r["weights"] = own
+        lines.append(json.dumps(r, ensure_ascii=False) + "\n")
+    if not lines:
+        raise LightReasonerError(f"no step of {pool} reached KL >= beta = {beta}; nothing was written. Lower beta.")
+    selected = len(lines)
+    summary = {
+        **base,
+        "selected_steps": selected,
+        "selected_per_problem": selected / max(1, base["problems"]),
+        "selected_share": selected / max(1, base["scored_steps"]),
+        "pool": str(pool),
+        "fingerprint": {"pool": base["fingerprint"], "beta": repr(beta), "contrast": use_contrast},
+        "config": {**base["config"], "beta": repr(beta) if math.isinf(beta) else beta, "contrast": use_contrast},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(summary_path(out), summary)  # first: an output under its final name has its summary
+    atomic_write_text(out, "".join(lines))
+    return summary

@@ -192,8 +192,8 @@ def make_generator(cfg: EvalConfig, backend: str):
         return tok, gen
     device = resolve_device(cfg.device)
     model = load_model(src, resolve_dtype(cfg.dtype, device), device, cfg.allow_pickle, cfg.trust_remote_code)
-    if cfg.adapter:
-        model = load_with_adapter(model, cfg.adapter)
+    if cfg.adapter:  # merged in memory: the model `lightreasoner merge` writes, without extra LoRA matmuls
+        model = load_with_adapter(model, cfg.adapter).merge_and_unload()
     contrastive = None
     if cfg.contrastive_amateur:
         asrc = resolve_source(cfg.contrastive_amateur, cfg.allow_pickle, "contrastive amateur")

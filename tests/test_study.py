@@ -1,0 +1,196 @@
+"""A study in one run: several arms and amateurs, shared work done once, arms added later."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import tiny
+from test_pipeline import png_size, tiny_run
+
+from lightreasoner.config import SampleConfig, build
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.pipeline import plan_arms, run_experiment
+from lightreasoner.records import read_records
+from lightreasoner.sampling import sample, select_from_pool
+
+# a tiny random model rarely answers right: in the SFT stage (a process of its own) a solution
+# counts as correct when its text has an even length (the grader is tested in test_grading)
+SITECUSTOMIZE = (
+    "import lightreasoner.sft as s\ns.grade_completion = lambda kind, text, gold: (text[-4:], len(text) % 2 == 0)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def second_amateur(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("amateur2") / "amateur2"
+    d.mkdir()
+    tiny.make_tokenizer(d)
+    tiny.make_model(d, 410, "llama", seed=3)
+    return d
+
+
+@pytest.fixture(scope="module")
+def fake_grader(tmp_path_factory):
+    d = tmp_path_factory.mktemp("site")
+    (d / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(d), *([before] if before else [])])
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+SFT = {"samples_per_problem": 2, "max_new_tokens": 12, "keep_per_problem": 1}
+
+
+@pytest.fixture(scope="module")
+def study(pair, second_amateur, fake_grader, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    cfg = tiny_run(pair, out, methods=["lightr", "sft", "cd"], amateurs=[str(second_amateur)], sft=SFT)
+    return cfg, run_experiment(cfg, show_progress=False)
+
+
+def test_a_study_with_two_amateurs_and_three_methods(study, pair, second_amateur):
+    cfg, fig = study
+    run = Path(cfg.out)
+    assert list(fig["arms"]) == ["lightr", "lightr@amateur2", "sft", "cd", "cd@amateur2"]
+    # one pool of trajectories per amateur, one evaluation per amateur, one baseline
+    assert sorted(p.name for p in (run / "trajectories").iterdir()) == ["amateur", "amateur2"]
+    assert sorted(fig["amateurs"]) == ["amateur", "amateur2"]
+    for tag, a in fig["amateurs"].items():
+        assert (run / "eval" / f"amateur-{tag}" / "summary.json").exists()
+        assert a["perf_gap"] == pytest.approx(fig["baseline"]["average"] - a["average"])
+        assert a["lightr_arm"] == ("lightr" if tag == "amateur" else "lightr@amateur2")
+    # each amateur's LightReasoner arm was labelled by that amateur
+    for arm, amateur in (("lightr", pair[1]), ("lightr@amateur2", second_amateur)):
+        assert {r.amateur for r in read_records(run / "arms" / arm / "samples.jsonl")} == {str(amateur)}
+    cd = json.loads((run / "arms/cd@amateur2/eval/summary.json").read_text())
+    assert cd["config"]["contrastive_amateur"].endswith("amateur2") and cd["name"] == "+ CD (amateur2)"
+    sft = json.loads((run / "arms/sft/adapter/sft_summary.json").read_text())
+    assert sft["samples"] == 3 * SFT["samples_per_problem"]
+    eff = fig["arms"]["sft"]["efficiency"]
+    assert eff["tuned_tokens"] == sft["tuned_tokens"] and eff["acceptance_rate"] == sft["acceptance_rate"]
+    assert fig["arms"]["cd"]["efficiency"] is None
+    saved = json.loads((run / "report.json").read_text())
+    for arm in saved["arms"].values():
+        r = arm["results"]["reasoning-gym:gsm_symbolic"]
+        assert {"n", "correct", "accuracy", "delta", "ci95", "p_value"} <= r.keys()
+    report = (run / "report.md").read_text()
+    assert "## Expertise gap" in report and "| + SFT |" in report and "| + CD (amateur2) |" in report
+    assert "acceptance" in report and "![gain against gap](gap.png)" in report
+    assert {"accuracy.png", "gap.png", "stage_times.png"} <= set(fig["plots"])
+    for name in fig["plots"]:
+        w, h = png_size(run / name)
+        assert w > 300 and h > 150
+
+
+def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_amateur, caplog):
+    cfg, _ = study
+    run = Path(cfg.out)
+    watched = [
+        run / "trajectories/amateur/samples.jsonl",
+        run / "arms/lightr/adapter/adapter_model.safetensors",
+        run / "arms/sft/adapter/adapter_model.safetensors",
+        run / "eval/baseline/summary.json",
+        run / "arms/cd/eval/summary.json",
+    ]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    more = tiny_run(
+        pair,
+        cfg.out,
+        methods=["lightr", "sft", "cd", "lightr-no-select-no-contrast"],
+        amateurs=[str(second_amateur)],
+        sft=SFT,
+    )
+    with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
+        fig = run_experiment(more, show_progress=False)
+    started = [r.message for r in caplog.records if r.message.endswith("starting")]
+    assert started == [
+        f"[{arm}: {what}] starting"
+        for arm in ["lightr-no-select-no-contrast"]
+        for what in ("selection", "fine-tuning", "evaluation")
+    ]
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert "ablations.png" in fig["plots"] and "## Ablations" in (run / "report.md").read_text()
+    everything = read_records(run / "arms/lightr-no-select-no-contrast/samples.jsonl")
+    pool = read_records(run / "trajectories/amateur/samples.jsonl")
+    assert len(everything) == len(pool)  # every step, with the expert's own label
+    assert all(a.weights == b.expert_weights and a.expert_weights is None for a, b in zip(everything, pool))
+
+
+@pytest.mark.parametrize("contrast", [True, False])
+def test_selecting_from_the_pool_equals_sampling_the_variant(pair, tmp_path, contrast):
+    common = {
+        "expert": str(pair[0]),
+        "amateur": str(pair[1]),
+        "data": "reasoning-gym:gsm_symbolic",
+        "max_problems": 3,
+        "max_new_tokens": 16,
+        "dtype": "float32",
+        "batch_size": 3,
+    }
+    direct = build(SampleConfig, {**common, "out": str(tmp_path / "d.jsonl"), "beta": 0.3, "contrast": contrast}, {})
+    pool = build(
+        SampleConfig, {**common, "out": str(tmp_path / "pool.jsonl"), "beta": "-inf", "expert_weights": True}, {}
+    )
+    sample(direct, show_progress=False)
+    sample(pool, show_progress=False)
+    summary = select_from_pool(pool.out, tmp_path / "derived.jsonl", 0.3, contrast)
+    a, b = read_records(direct.out), read_records(tmp_path / "derived.jsonl")
+    assert len(a) == len(b) == summary["selected_steps"] > 0
+    for x, y in zip(a, b):
+        assert (x.problem_index, x.step, x.token_ids, x.prefix_token_ids) == (
+            y.problem_index,
+            y.step,
+            y.token_ids,
+            y.prefix_token_ids,
+        )
+        assert y.weights == pytest.approx(x.weights, rel=1e-6) and x.kl_divergence == pytest.approx(y.kl_divergence)
+    direct_summary = json.loads((tmp_path / "d.summary.json").read_text())
+    assert summary["scored_steps"] == direct_summary["scored_steps"]
+
+
+def test_select_refuses_a_pool_without_both_labels(pair, tmp_path):
+    cfg = build(
+        SampleConfig,
+        {
+            "expert": str(pair[0]),
+            "amateur": str(pair[1]),
+            "data": "reasoning-gym:gsm_symbolic",
+            "max_problems": 1,
+            "max_new_tokens": 8,
+            "dtype": "float32",
+            "out": str(tmp_path / "s.jsonl"),
+            "beta": "-inf",
+        },
+        {},
+    )
+    sample(cfg, show_progress=False)
+    with pytest.raises(LightReasonerError, match="not a pool"):
+        select_from_pool(cfg.out, tmp_path / "d.jsonl", 0.3, True)
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_arms_and_their_folders(pair, tmp_path):
+    arms = plan_arms(
+        tiny_run(pair, tmp_path / "r", methods="cd,lightr-no-contrast,sft", amateurs="x/a2"), tmp_path / "r"
+    )
+    assert [(a.id, a.amateur) for a in arms] == [
+        ("cd", str(pair[1])),
+        ("cd@a2", "x/a2"),
+        ("lightr-no-contrast", str(pair[1])),
+        ("lightr-no-contrast@a2", "x/a2"),
+        ("sft", str(pair[1])),
+    ]
+    assert all(a.dir == tmp_path / "r" / "arms" / a.id and not a.legacy for a in arms)
+    with pytest.raises(LightReasonerError, match="methods: unknown 'lightR'"):
+        plan_arms(tiny_run(pair, tmp_path / "r", methods="lightR"), tmp_path / "r")
+    # a run made before arms keeps its LightReasoner files where they are
+    old = tmp_path / "old"
+    (old / "eval" / "tuned").mkdir(parents=True)
+    (old / "samples.jsonl").write_text("")
+    (lightr,) = plan_arms(tiny_run(pair, old), old)
+    assert lightr.legacy and lightr.samples == old / "samples.jsonl" and lightr.eval == old / "eval" / "tuned"
