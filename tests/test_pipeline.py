@@ -9,7 +9,17 @@ import pytest
 from lightreasoner.cli import main
 from lightreasoner.config import RunConfig, build
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import QUICK, check_disjoint, default_config, load_run_config, run_experiment
+from lightreasoner.pipeline import (
+    METHODS,
+    QUICK,
+    all_amateurs,
+    check_disjoint,
+    default_config,
+    load_run_config,
+    plan_arms,
+    run_experiment,
+    split_list,
+)
 
 
 def tiny_run(pair, out, **over):
@@ -143,6 +153,27 @@ def test_paper_configs_load(tmp_path):
             "olympiadbench",
             "mmlu_stem",
         ]
+        if p.stem.endswith("-study"):  # the setting it extends, with every arm and the gap study's amateurs
+            plain = load_run_config(str(p).replace("-study", ""), {}, quick=False)
+            assert (cfg.train, cfg.sample, cfg.expert) == (plain.train, plain.sample, plain.expert)
+            assert set(split_list(cfg.methods)) == set(METHODS) and len(all_amateurs(cfg)) == 3
+            assert cfg.out.endswith("-study") and plan_arms(cfg, tmp_path / "new")
+
+
+def test_study_cpu_config_and_extends(tmp_path):
+    from conftest import REPO
+
+    cfg = load_run_config(str(REPO / "configs" / "study-cpu.yaml"), {}, quick=False)
+    assert set(split_list(cfg.methods)) == set(METHODS) and cfg.eval_seed != cfg.seed
+    assert {a.id for a in plan_arms(cfg, tmp_path / "s")} == set(METHODS)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("max_problems: 7\ntrain:\n  max_steps: 3\n  lora_r: 4\n")
+    (tmp_path / "sub" / "more.yaml").write_text("extends: ../base.yaml\ntrain:\n  max_steps: 5\n")
+    more = load_run_config(str(tmp_path / "sub" / "more.yaml"), {}, quick=False)
+    assert more.max_problems == 7 and more.train == {"max_steps": 5, "lora_r": 4}
+    (tmp_path / "base.yaml").write_text("extends: sub/more.yaml\n")
+    with pytest.raises(LightReasonerError, match="makes a loop"):
+        load_run_config(str(tmp_path / "sub" / "more.yaml"), {}, quick=False)
 
 
 def test_run_command_reports_bad_config(tmp_path, capsys):

@@ -55,9 +55,26 @@ def merge_dicts(base: dict, over: dict) -> dict:
     return out
 
 
+def read_run_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A run config file; ``extends: other.yaml`` (relative to the file) starts from another
+    config and changes only the keys given (sections are merged key by key)."""
+    path = Path(path)
+    values = read_yaml(path)
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    base = (path.parent / str(parent)).resolve()
+    if base in seen or base == path.resolve():
+        raise LightReasonerError(f"{path}: 'extends: {parent}' makes a loop")
+    if not base.is_file():
+        raise LightReasonerError(f"{path}: 'extends: {parent}': no such file ({base})")
+    return merge_dicts(read_run_yaml(base, (*seen, path.resolve())), values)
+
+
 def load_run_config(path: str | None, flags: dict, quick: bool) -> RunConfig:
-    """Defaults (the packaged default without ``path``) < file < ``--quick`` < flags."""
-    values = read_yaml(path) if path else default_config()
+    """Defaults (the packaged default without ``path``) < file (and the files it extends) <
+    ``--quick`` < flags."""
+    values = read_run_yaml(path) if path else default_config()
     if quick:
         values = merge_dicts(values, QUICK)
         if flags.get("out") is None and "out" not in values:
