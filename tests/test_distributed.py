@@ -150,10 +150,14 @@ def test_run_with_two_processes_per_stage(pair, tmp_path):
     cfg = tiny_run(pair, tmp_path / "r", num_processes=2)
     fig = run_experiment(cfg, show_progress=False)
     run = tmp_path / "r"
-    for p in ("eval/baseline/summary.json", "samples.jsonl", "adapter/adapter_model.safetensors",
-              "merged/model.safetensors", "eval/tuned/summary.json", "report.md"):  # fmt: skip
+    arm = run / "arms" / "lightr"
+    for p in ("eval/baseline/summary.json", "arms/lightr/samples.jsonl", "arms/lightr/adapter/adapter_model.safetensors",
+              "arms/lightr/eval/summary.json", "report.md"):  # fmt: skip
         assert (run / p).exists(), p
-    assert json.loads((run / "adapter" / "train_summary.json").read_text())["processes"] == 2
-    assert json.loads((run / "eval" / "tuned" / "summary.json").read_text())["processes"] == 2
-    assert not list(run.rglob("*.rank*")) and set(fig["stage_seconds"]) >= {"sampling", "fine-tuning"}
-    assert (run / "stages" / "sample-sampling.yaml").exists()
+    assert json.loads((arm / "adapter" / "train_summary.json").read_text())["processes"] == 2
+    assert json.loads((arm / "eval" / "summary.json").read_text())["processes"] == 2
+    assert not list(run.rglob("*.rank*")) and set(fig["stage_seconds"]) >= {"lightr: selection", "lightr: fine-tuning"}
+    assert (
+        list((run / "stages").glob("sample-trajectories-*.yaml"))
+        and (run / "stages" / "train-lightr-fine-tuning.yaml").exists()
+    )

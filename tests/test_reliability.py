@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import gsm8k_questions
@@ -244,8 +245,7 @@ def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_pat
     resumed = run_cli(["run", "-q", "--config", str(path), "--out", str(out)])
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log
-    assert [r["token_ids"] for r in records(full / "samples.jsonl")] == [
-        r["token_ids"] for r in records(out / "samples.jsonl")
-    ]
-    a, b = (json.loads((d / "report.json").read_text()) for d in (full, out))
-    assert a["accuracy"] == b["accuracy"] and a["efficiency"]["tuned_tokens"] == b["efficiency"]["tuned_tokens"]
+    samples = Path("arms", "lightr", "samples.jsonl")
+    assert [r["token_ids"] for r in records(full / samples)] == [r["token_ids"] for r in records(out / samples)]
+    a, b = (json.loads((d / "report.json").read_text())["arms"]["lightr"] for d in (full, out))
+    assert a["results"] == b["results"] and a["efficiency"]["tuned_tokens"] == b["efficiency"]["tuned_tokens"]

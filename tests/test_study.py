@@ -121,9 +121,8 @@ def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_a
     assert all(a.weights == b.expert_weights and a.expert_weights is None for a, b in zip(everything, pool))
 
 
-@pytest.mark.parametrize("contrast", [True, False])
-def test_selecting_from_the_pool_equals_sampling_the_variant(pair, tmp_path, contrast):
-    common = {
+def sample_config(pair, out, **over) -> SampleConfig:
+    values = {
         "expert": str(pair[0]),
         "amateur": str(pair[1]),
         "data": "reasoning-gym:gsm_symbolic",
@@ -131,43 +130,31 @@ def test_selecting_from_the_pool_equals_sampling_the_variant(pair, tmp_path, con
         "max_new_tokens": 16,
         "dtype": "float32",
         "batch_size": 3,
+        "out": str(out),
     }
-    direct = build(SampleConfig, {**common, "out": str(tmp_path / "d.jsonl"), "beta": 0.3, "contrast": contrast}, {})
-    pool = build(
-        SampleConfig, {**common, "out": str(tmp_path / "pool.jsonl"), "beta": "-inf", "expert_weights": True}, {}
-    )
+    return build(SampleConfig, {**values, **over}, {})
+
+
+@pytest.mark.parametrize("contrast", [True, False])
+def test_selecting_from_the_pool_equals_sampling_the_variant(pair, tmp_path, contrast):
+    direct = sample_config(pair, tmp_path / "d.jsonl", beta=0.3, contrast=contrast)
+    pool = sample_config(pair, tmp_path / "pool.jsonl", beta="-inf", expert_weights=True)
     sample(direct, show_progress=False)
     sample(pool, show_progress=False)
     summary = select_from_pool(pool.out, tmp_path / "derived.jsonl", 0.3, contrast)
     a, b = read_records(direct.out), read_records(tmp_path / "derived.jsonl")
     assert len(a) == len(b) == summary["selected_steps"] > 0
     for x, y in zip(a, b):
-        assert (x.problem_index, x.step, x.token_ids, x.prefix_token_ids) == (
-            y.problem_index,
-            y.step,
-            y.token_ids,
-            y.prefix_token_ids,
-        )
+        assert [(r.problem_index, r.step, r.token_ids, r.prefix_token_ids) for r in (x, y)] == [
+            (x.problem_index, x.step, x.token_ids, x.prefix_token_ids)
+        ] * 2
         assert y.weights == pytest.approx(x.weights, rel=1e-6) and x.kl_divergence == pytest.approx(y.kl_divergence)
     direct_summary = json.loads((tmp_path / "d.summary.json").read_text())
     assert summary["scored_steps"] == direct_summary["scored_steps"]
 
 
 def test_select_refuses_a_pool_without_both_labels(pair, tmp_path):
-    cfg = build(
-        SampleConfig,
-        {
-            "expert": str(pair[0]),
-            "amateur": str(pair[1]),
-            "data": "reasoning-gym:gsm_symbolic",
-            "max_problems": 1,
-            "max_new_tokens": 8,
-            "dtype": "float32",
-            "out": str(tmp_path / "s.jsonl"),
-            "beta": "-inf",
-        },
-        {},
-    )
+    cfg = sample_config(pair, tmp_path / "s.jsonl", max_problems=1, max_new_tokens=8, beta="-inf")
     sample(cfg, show_progress=False)
     with pytest.raises(LightReasonerError, match="not a pool"):
         select_from_pool(cfg.out, tmp_path / "d.jsonl", 0.3, True)
