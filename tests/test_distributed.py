@@ -151,9 +151,10 @@ def test_run_with_two_processes_per_stage(pair, tmp_path):
     fig = run_experiment(cfg, show_progress=False)
     run = tmp_path / "r"
     arm = run / "arms" / "lightr"
-    for p in ("eval/baseline/summary.json", "arms/lightr/samples.jsonl", "arms/lightr/adapter/adapter_model.safetensors",
-              "arms/lightr/eval/summary.json", "report.md"):  # fmt: skip
+    for p in ("eval/baseline/summary.json", "report.md"):
         assert (run / p).exists(), p
+    for p in ("samples.jsonl", "adapter/adapter_model.safetensors", "eval/summary.json"):
+        assert (arm / p).exists(), p
     assert json.loads((arm / "adapter" / "train_summary.json").read_text())["processes"] == 2
     assert json.loads((arm / "eval" / "summary.json").read_text())["processes"] == 2
     assert not list(run.rglob("*.rank*")) and set(fig["stage_seconds"]) >= {"lightr: selection", "lightr: fine-tuning"}

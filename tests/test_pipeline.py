@@ -118,8 +118,11 @@ def test_rerun_skips_completed_stages_and_resumes_missing_ones(finished, caplog)
 
 def test_changed_settings_in_the_same_folder_are_refused(pair, finished):
     cfg, _ = finished
-    with pytest.raises(LightReasonerError, match="other settings"):
+    with pytest.raises(LightReasonerError, match=r"other settings \(max_problems: 3 -> 4\)"):
         run_experiment(tiny_run(pair, cfg.out, max_problems=4), show_progress=False)
+    changed = {"max_steps": 2, "save_steps": 100, "order": "trajectory"}
+    with pytest.raises(LightReasonerError, match=r"\(train.order: '\(unset\)' -> 'trajectory'\)"):
+        run_experiment(tiny_run(pair, cfg.out, train=changed), show_progress=False)
 
 
 def test_overlapping_training_and_test_problems_are_refused(pair, tmp_path):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import tiny
+import yaml
 from test_pipeline import png_size, tiny_run
 
 from lightreasoner.config import SampleConfig, build
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import plan_arms, run_experiment
+from lightreasoner.pipeline import plan_arms, run_experiment, stage_configs
 from lightreasoner.records import read_records
 from lightreasoner.sampling import sample, select_from_pool
 
@@ -56,7 +57,8 @@ def study(pair, second_amateur, fake_grader, tmp_path_factory):
 def test_a_study_with_two_amateurs_and_three_methods(study, pair, second_amateur):
     cfg, fig = study
     run = Path(cfg.out)
-    assert list(fig["arms"]) == ["lightr", "lightr@amateur2", "sft", "cd", "cd@amateur2"]
+    # the gap study adds LightReasoner arms only; the other methods run with the run's amateur
+    assert list(fig["arms"]) == ["lightr", "lightr@amateur2", "sft", "cd"]
     # one pool of trajectories per amateur, one evaluation per amateur, one baseline
     assert sorted(p.name for p in (run / "trajectories").iterdir()) == ["amateur", "amateur2"]
     assert sorted(fig["amateurs"]) == ["amateur", "amateur2"]
@@ -67,8 +69,10 @@ def test_a_study_with_two_amateurs_and_three_methods(study, pair, second_amateur
     # each amateur's LightReasoner arm was labelled by that amateur
     for arm, amateur in (("lightr", pair[1]), ("lightr@amateur2", second_amateur)):
         assert {r.amateur for r in read_records(run / "arms" / arm / "samples.jsonl")} == {str(amateur)}
-    cd = json.loads((run / "arms/cd@amateur2/eval/summary.json").read_text())
-    assert cd["config"]["contrastive_amateur"].endswith("amateur2") and cd["name"] == "+ CD (amateur2)"
+    cd = json.loads((run / "arms/cd/eval/summary.json").read_text())
+    assert cd["config"]["contrastive_amateur"] == str(pair[1]) and cd["name"] == "+ CD"
+    assert cd["config"]["backend"] == "hf"
+    assert yaml.safe_load((run / "arms/sft/arm.yaml").read_text())["sft"] == SFT
     sft = json.loads((run / "arms/sft/adapter/sft_summary.json").read_text())
     assert sft["samples"] == 3 * SFT["samples_per_problem"]
     eff = fig["arms"]["sft"]["efficiency"]
@@ -79,7 +83,7 @@ def test_a_study_with_two_amateurs_and_three_methods(study, pair, second_amateur
         r = arm["results"]["reasoning-gym:gsm_symbolic"]
         assert {"n", "correct", "accuracy", "delta", "ci95", "p_value"} <= r.keys()
     report = (run / "report.md").read_text()
-    assert "## Expertise gap" in report and "| + SFT |" in report and "| + CD (amateur2) |" in report
+    assert "## Expertise gap" in report and "| + SFT |" in report and "| + CD |" in report
     assert "acceptance" in report and "![gain against gap](gap.png)" in report
     assert {"accuracy.png", "gap.png", "stage_times.png"} <= set(fig["plots"])
     for name in fig["plots"]:
@@ -119,6 +123,13 @@ def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_a
     pool = read_records(run / "trajectories/amateur/samples.jsonl")
     assert len(everything) == len(pool)  # every step, with the expert's own label
     assert all(a.weights == b.expert_weights and a.expert_weights is None for a, b in zip(everything, pool))
+    strict = json.loads((run / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert strict["arms"]["lightr-no-select-no-contrast"]["selection"]["beta"] == "-inf"
+    # a finished arm is not reused with other settings of its own
+    changed = tiny_run(pair, cfg.out, methods=["lightr", "sft"], sft={**SFT, "keep_per_problem": 2})
+    with pytest.raises(LightReasonerError, match=r"arm 'sft' made with other settings \(sft.keep_per_problem: 1 -> 2"):
+        run_experiment(changed, show_progress=False)
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
 
 
 def sample_config(pair, out, **over) -> SampleConfig:
@@ -163,13 +174,13 @@ def test_select_refuses_a_pool_without_both_labels(pair, tmp_path):
 
 def test_arms_and_their_folders(pair, tmp_path):
     arms = plan_arms(
-        tiny_run(pair, tmp_path / "r", methods="cd,lightr-no-contrast,sft", amateurs="x/a2"), tmp_path / "r"
+        tiny_run(pair, tmp_path / "r", methods="cd,lightr,lightr-no-contrast,sft", amateurs="x/a2"), tmp_path / "r"
     )
     assert [(a.id, a.amateur) for a in arms] == [
         ("cd", str(pair[1])),
-        ("cd@a2", "x/a2"),
+        ("lightr", str(pair[1])),
+        ("lightr@a2", "x/a2"),
         ("lightr-no-contrast", str(pair[1])),
-        ("lightr-no-contrast@a2", "x/a2"),
         ("sft", str(pair[1])),
     ]
     assert all(a.dir == tmp_path / "r" / "arms" / a.id and not a.legacy for a in arms)
@@ -181,3 +192,22 @@ def test_arms_and_their_folders(pair, tmp_path):
     (old / "samples.jsonl").write_text("")
     (lightr,) = plan_arms(tiny_run(pair, old), old)
     assert lightr.legacy and lightr.samples == old / "samples.jsonl" and lightr.eval == old / "eval" / "tuned"
+
+
+def test_arm_sections_are_checked(pair, tmp_path):
+    run = tmp_path / "r"
+    for section, key, match in (
+        ("sample", "contrast", "'sample': contrast is set by each arm's method"),
+        ("sample", "expert_weights", "'sample': expert_weights is set"),
+        ("cd", "model", "'cd': model is set by the run"),
+    ):
+        with pytest.raises(LightReasonerError, match=match):
+            stage_configs(tiny_run(pair, run, methods="lightr,cd", **{section: {key: False}}))
+    # SFT keeps the LoRA and optimizer settings of train: but not its length when sft: sets one
+    cfg = tiny_run(pair, run, methods="sft,cd", train={"max_steps": 5, "lora_r": 4}, sft={"epochs": 1})
+    arms = stage_configs(cfg)["arms"]
+    sft = arms["sft"]["sft"]
+    assert (sft.epochs, sft.lora_r) == (1, 4) and sft.max_steps != 5
+    inherited = stage_configs(tiny_run(pair, run, methods="sft", train={"max_steps": 5}))["arms"]["sft"]["sft"]
+    assert inherited.max_steps == 5
+    assert arms["cd"]["eval"].backend == "hf"

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         cmd_run,
-        "the whole experiment: evaluate, sample, fine-tune, merge, evaluate, report "
+        "the whole experiment or study: evaluate, sample, fine-tune, evaluate every arm, report "
         "(without --config: the offline default experiment, configs/default.yaml)",
         RunConfig,
     )

@@ -1,6 +1,6 @@
 """Files that survive being killed at any moment, shared by every stage.
 
-- :func:`atomic_write_text` / :func:`atomic_write_json`: a unique temporary file, fsync,
+- :func:`atomic_open` / :func:`atomic_write_text` / :func:`atomic_write_json`: a unique temporary file, fsync,
   rename, fsync of the folder: readers see the old file or the whole new one, and after a
   crash the new one is on disk.
 - :func:`append_synced`: append and fsync (crash-safe logs and per-problem outputs).
@@ -22,8 +22,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from .errors import LightReasonerError
 
@@ -50,15 +51,20 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a unique temporary file, fsync, rename, fsync the folder."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, before_rename: Callable[[], None] | None = None) -> Iterator[IO[bytes]]:
+    """A binary file that appears under ``path`` only when the block ends without error:
+    a unique temporary file, fsync, ``before_rename()`` (e.g. writing a summary first),
+    rename, fsync the folder. On error the temporary file is removed."""
     path = Path(path)
     tmp = temp_path(path)
     try:
         with tmp.open("wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -66,6 +72,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             e.filename = e.filename or str(path)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a unique temporary file, fsync, rename, fsync the folder."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -88,6 +88,7 @@ class Stage:
     command: str  # the lightreasoner subcommand that runs it
     done: Callable[[], bool]
     distributed: bool = True  # started through accelerate when the run has several processes
+    arm: Arm | None = None  # the arm it belongs to (None: shared by every arm)
 
 
 def stage_command(cfg: RunConfig, stage: Stage, config_file: Path, quiet: bool) -> list[str]:
@@ -144,17 +145,14 @@ class Method:
     kind: str
     select: bool = True
     contrast: bool = True
-    uses_amateur: bool = True
 
 
 METHODS = {
     "lightr": Method("+ LightR", "lightr"),
     "lightr-no-select": Method("+ LightR w/o Select", "lightr", select=False),
     "lightr-no-contrast": Method("+ LightR w/o Contrast", "lightr", contrast=False),
-    "lightr-no-select-no-contrast": Method(
-        "+ LightR w/o Select & Contrast", "lightr", select=False, contrast=False, uses_amateur=False
-    ),
-    "sft": Method("+ SFT", "sft", uses_amateur=False),
+    "lightr-no-select-no-contrast": Method("+ LightR w/o Select & Contrast", "lightr", select=False, contrast=False),
+    "sft": Method("+ SFT", "sft"),
     "cd": Method("+ CD", "cd"),
 }
 """The arms a run can have. Without Select every step is trained on (β = -inf); without
@@ -206,7 +204,8 @@ def all_amateurs(cfg: RunConfig) -> list[str]:
 
 
 def plan_arms(cfg: RunConfig, run: Path) -> list[Arm]:
-    """Every arm of the run, in the order of ``methods`` (each with the run's amateur first)."""
+    """Every arm of the run, in the order of ``methods``. Every method runs with the run's
+    amateur; LightReasoner also runs with each extra amateur (the expertise-gap study)."""
     methods = split_list(cfg.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -218,7 +217,7 @@ def plan_arms(cfg: RunConfig, run: Path) -> list[Arm]:
     arms = []
     for m in dict.fromkeys(methods):
         spec = METHODS[m]
-        for i, a in enumerate(amateurs if spec.uses_amateur else [cfg.amateur]):
+        for i, a in enumerate(amateurs if m == "lightr" else [cfg.amateur]):
             arm_id = m if i == 0 else f"{m}@{amateur_tag(a)}"
             label = spec.label if i == 0 else f"{spec.label} ({amateur_tag(a)})"
             old = legacy and arm_id == "lightr"
@@ -251,7 +250,16 @@ def stage_configs(cfg: RunConfig) -> dict:
     def evaluation(out: Path, name: str, **over) -> EvalConfig:
         return build(EvalConfig, {**eval_common, "out": str(out), "name": name, **over}, {}, "run config, 'eval'")
 
-    sample_section = {k: v for k, v in cfg.sample.items() if k not in ("beta", "contrast", "expert_weights")}
+    per_arm = sorted({"contrast", "expert_weights"} & set(cfg.sample))
+    if per_arm:
+        raise LightReasonerError(
+            f"run config, section 'sample': {', '.join(per_arm)} is set by each arm's method; "
+            "list the ablations under methods: instead (e.g. lightr-no-contrast)"
+        )
+    own = sorted({"model", "contrastive_amateur", "adapter", "out", "name"} & set(cfg.cd))
+    if own:
+        raise LightReasonerError(f"run config, section 'cd': {', '.join(own)} is set by the run, not by 'cd'")
+    sample_section = {k: v for k, v in cfg.sample.items() if k != "beta"}
     beta = build(SampleConfig, {**cfg.sample, "expert": "-", "amateur": "-", "data": "-", "out": "-"}, {}).beta
     pools = {
         amateur_tag(a): build(
@@ -281,6 +289,9 @@ def stage_configs(cfg: RunConfig) -> dict:
             for tag, a in zip(pools, all_amateurs(cfg))
         }
     train_only = {f.name for f in fields(TrainConfig)} - {f.name for f in fields(LoraOptions)}
+    sft_inherits = {k: v for k, v in cfg.train.items() if k not in train_only}
+    if {"epochs", "max_steps"} & set(cfg.sft):  # SFT's own length replaces LightReasoner's
+        sft_inherits = {k: v for k, v in sft_inherits.items() if k not in ("epochs", "max_steps")}
     arms = {}
     for arm in plan_arms(cfg, run):
         spec = METHODS[arm.method]
@@ -314,14 +325,15 @@ def stage_configs(cfg: RunConfig) -> dict:
                     "data_seed": cfg.seed,
                     "output_dir": str(arm.adapter),
                     "resume": True,
-                    **{k: v for k, v in cfg.train.items() if k not in train_only},
+                    **sft_inherits,
                     **cfg.sft,
                 },
                 {},
                 source="run config, section 'sft'",
             )
         if spec.kind == "cd":
-            entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, contrastive_amateur=arm.amateur, **cfg.cd)
+            cd = {"backend": "hf", **cfg.cd}  # contrastive decoding is an HF-backend decoder
+            entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, contrastive_amateur=arm.amateur, **cd)
         elif arm.legacy and (run / "merged" / "config.json").exists():
             entry["eval"] = evaluation(arm.eval, arm.label, model=str(run / "merged"))
         else:  # the adapter is merged into the expert in memory, as `merge` would
@@ -360,8 +372,37 @@ def check_disjoint(cfg: RunConfig) -> int:
 LAUNCH_FIELDS = ("num_processes", "accelerate_config", "launch")
 """Run options that change how stages start, not what they compute: a run may resume with others."""
 ARM_FIELDS = ("methods", "amateurs", "sft", "cd")
-"""Run options that add arms: a finished run may take more arms later (each arm's stages
-check their own settings)."""
+"""Run options that add arms: a finished run may take more arms later. The settings of one
+arm (its method, amateur and ``sft``/``cd`` section) are checked by the arm (``arm.yaml``)."""
+ARM_FILE = "arm.yaml"
+
+
+def arm_settings(cfg: RunConfig, arm: Arm) -> dict:
+    """What an arm's results depend on beyond the run's shared settings."""
+    kind = METHODS[arm.method].kind
+    section = cfg.sft if kind == "sft" else cfg.cd if kind == "cd" else {}
+    return {"method": arm.method, "amateur": arm.amateur, kind: dict(section)}
+
+
+def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
+    """Refuse to reuse an arm made with other settings."""
+    for arm in arms:
+        path, now = arm.dir / ARM_FILE, arm_settings(cfg, arm)
+        if not arm.legacy and path.exists():
+            before = yaml.safe_load(path.read_text())
+            if before != now:
+                raise LightReasonerError(
+                    f"{arm.dir} holds the arm {arm.id!r} made with other settings "
+                    f"({'; '.join(_differences(before, now))}); delete that folder to run the arm again"
+                )
+
+
+def _record_arm_settings(cfg: RunConfig, arm: Arm) -> None:
+    """Write ``arm.yaml`` when an arm starts its first stage."""
+    path = arm.dir / ARM_FILE
+    if not arm.legacy and not path.exists():
+        arm.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, yaml.safe_dump(arm_settings(cfg, arm), sort_keys=False))
 
 
 def _check_same_settings(run: Path, resolved: dict) -> None:
@@ -373,11 +414,23 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
         before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS + ARM_FIELDS} for d in (before, resolved))
         if before != now:
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise LightReasonerError(
-                f"{run} holds a run with other settings (changed: {', '.join(changed)}); "
-                "use another --out, or delete the folder to start again"
+                f"{run} holds a run with other settings ({'; '.join(_differences(before, now))}); "
+                "use another --out, give the run's own settings (its config.yaml) with --config, "
+                "or delete the folder to start again"
             )
+
+
+def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every changed setting, nested sections by dotted key."""
+    out = []
+    for k in sorted(set(before) | set(now)):
+        a, b = before.get(k, "(unset)"), now.get(k, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
@@ -419,14 +472,15 @@ def plan_stages(configs: dict) -> list[tuple[Stage, object]]:
                 name = f"trajectories ({entry['pool']})"
                 stages.append((Stage(name, "sample", lambda p=pool: Path(p.out).exists()), pool))
             name = "selection" if legacy else f"{arm_id}: selection"
-            stages.append((Stage(name, "", lambda a=arm: a.samples.exists(), False), entry))
+            stages.append((Stage(name, "", lambda a=arm: a.samples.exists(), False, arm), entry))
             name = "fine-tuning" if legacy else f"{arm_id}: fine-tuning"
-            stages.append((Stage(name, "train", _summary_exists(arm.adapter, TRAIN_SUMMARY)), entry["train"]))
+            done = _summary_exists(arm.adapter, TRAIN_SUMMARY)
+            stages.append((Stage(name, "train", done, arm=arm), entry["train"]))
         if "sft" in entry:
             name = f"{arm_id}: sampling and fine-tuning"
-            stages.append((Stage(name, "sft", _summary_exists(arm.adapter, SFT_SUMMARY)), entry["sft"]))
+            stages.append((Stage(name, "sft", _summary_exists(arm.adapter, SFT_SUMMARY), arm=arm), entry["sft"]))
         name = "tuned evaluation" if legacy else f"{arm_id}: evaluation"
-        stages.append((Stage(name, "eval", _summary_exists(arm.eval)), entry["eval"]))
+        stages.append((Stage(name, "eval", _summary_exists(arm.eval), arm=arm), entry["eval"]))
     return stages
 
 
@@ -439,6 +493,7 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     configs = stage_configs(cfg)
     disjoint = check_disjoint(cfg)
     run.mkdir(parents=True, exist_ok=True)
+    _check_arm_settings(cfg, [entry["arm"] for entry in configs["arms"].values()])
     atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     timings_path = run / "timings.json"
@@ -448,6 +503,8 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
             log.info("[%s] already complete, skipped", stage.name)
             continue
         log.info("[%s] starting", stage.name)
+        if stage.arm is not None:
+            _record_arm_settings(cfg, stage.arm)
         t0 = time.perf_counter()
         if stage.command:
             run_stage(cfg, stage, stage_cfg, run, quiet=not show_progress)

@@ -8,6 +8,7 @@ and the expertise gap (when the run has them).
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -173,7 +174,8 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
                     "kl_histogram",
                 )
             }
-            arms[arm_id]["selection"]["beta"] = entry["beta"] if "beta" in entry else samples["config"]["beta"]
+            beta = entry["beta"] if "beta" in entry else samples["config"]["beta"]
+            arms[arm_id]["selection"]["beta"] = repr(beta) if beta == -math.inf else beta  # JSON has no -inf
     amateurs = {}
     for tag, ev in configs["amateurs"].items():
         s = load_summary(ev.out)

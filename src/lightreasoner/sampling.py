@@ -31,8 +31,8 @@ from .decoding import Completion, greedy_decode
 from .distributed import barrier, main_lock, open_shard, shard
 from .errors import LightReasonerError
 from .io import (
+    atomic_open,
     atomic_write_json,
-    atomic_write_text,
     file_fingerprint,
     fingerprint_diff,
     friendly_os_errors,
@@ -452,30 +452,33 @@ def select_from_pool(pool: str | Path, out: str | Path, beta: float, use_contras
     base = json.loads(summary_path(pool).read_text())
     if base["fingerprint"].get("beta") != repr(-math.inf) or not base["fingerprint"].get("expert_weights"):
         raise LightReasonerError(f"{pool}: not a pool of every step with both labels (beta -inf, --expert-weights)")
-    rows = [json.loads(line) for line in pool.read_text(encoding="utf-8").splitlines()]
-    kl = torch.tensor([r["kl_divergence"] for r in rows], dtype=torch.float32)  # the dtype selection compares in
-    keep = contrast.select_steps(kl, beta).tolist() if rows else []
-    lines = []
-    for r, k in zip(rows, keep):
-        if not k:
-            continue
-        own = r.pop("expert_weights")
-        if not use_contrast:
-            r["weights"] = own
-        lines.append(json.dumps(r, ensure_ascii=False) + "\n")
-    if not lines:
-        raise LightReasonerError(f"no step of {pool} reached KL >= beta = {beta}; nothing was written. Lower beta.")
-    selected = len(lines)
     summary = {
         **base,
-        "selected_steps": selected,
-        "selected_per_problem": selected / max(1, base["problems"]),
-        "selected_share": selected / max(1, base["scored_steps"]),
         "pool": str(pool),
         "fingerprint": {"pool": base["fingerprint"], "beta": repr(beta), "contrast": use_contrast},
         "config": {**base["config"], "beta": repr(beta) if math.isinf(beta) else beta, "contrast": use_contrast},
     }
+    selected = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(summary_path(out), summary)  # first: an output under its final name has its summary
-    atomic_write_text(out, "".join(lines))
+    # the records stream from the pool into a temporary file; the summary is written before
+    # the rename, so an output under its final name always has its summary
+    with atomic_open(out, before_rename=lambda: atomic_write_json(summary_path(out), summary)) as f:
+        with pool.open(encoding="utf-8") as lines:
+            for line in lines:
+                r = json.loads(line)
+                kl = torch.tensor([r["kl_divergence"]], dtype=torch.float32)  # the dtype selection compares in
+                own = r.pop("expert_weights")
+                if not bool(contrast.select_steps(kl, beta)[0]):
+                    continue
+                if not use_contrast:
+                    r["weights"] = own
+                f.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+                selected += 1
+        if not selected:
+            raise LightReasonerError(f"no step of {pool} reached KL >= beta = {beta}; nothing was written. Lower beta.")
+        summary.update(
+            selected_steps=selected,
+            selected_per_problem=selected / max(1, base["problems"]),
+            selected_share=selected / max(1, base["scored_steps"]),
+        )
     return summary
