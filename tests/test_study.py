@@ -1,6 +1,7 @@
 """A study in one run: several arms and amateurs, shared work done once, arms added later."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -169,7 +170,18 @@ def test_select_refuses_a_pool_without_both_labels(pair, tmp_path):
     sample(cfg, show_progress=False)
     with pytest.raises(LightReasonerError, match="not a pool"):
         select_from_pool(cfg.out, tmp_path / "d.jsonl", 0.3, True)
-    assert not (tmp_path / "d.jsonl").exists()
+    pool = sample_config(
+        pair, tmp_path / "pool.jsonl", max_problems=1, max_new_tokens=8, beta="-inf", expert_weights=True
+    )
+    sample(pool, show_progress=False)
+    with pytest.raises(LightReasonerError, match="no step of .* reached KL >= beta = 1000"):
+        select_from_pool(pool.out, tmp_path / "d.jsonl", 1000.0, True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pool.jsonl",
+        "pool.summary.json",
+        "s.jsonl",
+        "s.summary.json",
+    ]
 
 
 def test_arms_and_their_folders(pair, tmp_path):
@@ -211,3 +223,32 @@ def test_arm_sections_are_checked(pair, tmp_path):
     inherited = stage_configs(tiny_run(pair, run, methods="sft", train={"max_steps": 5}))["arms"]["sft"]["sft"]
     assert inherited.max_steps == 5
     assert arms["cd"]["eval"].backend == "hf"
+
+
+def test_arm_folders_are_checked_before_any_stage(pair, tmp_path, caplog):
+    from lightreasoner.pipeline import ARM_FILE, _check_arm_settings, _record_arm_settings
+
+    cfg = tiny_run(pair, tmp_path / "r", methods="lightr,cd", cd={"cd_alpha": 0.2})
+    lightr, cd = plan_arms(cfg, tmp_path / "r")
+    cd.dir.mkdir(parents=True)
+    (cd.dir / ARM_FILE).write_text(yaml.safe_dump({"method": "cd", "amateur": "x", "cd": {"cd_alpha": 2}}))
+    _check_arm_settings(cfg, [lightr, cd])  # nothing made with the old settings yet: they may change
+    _record_arm_settings(cfg, cd)
+    assert yaml.safe_load((cd.dir / ARM_FILE).read_text())["cd"] == {"cd_alpha": 0.2}
+    (cd.dir / "eval").mkdir()
+    with pytest.raises(LightReasonerError, match=r"arm 'cd' made with other settings \(cd.cd_alpha: 0.2 -> 0.3\)"):
+        _check_arm_settings(tiny_run(pair, tmp_path / "r", methods="lightr,cd", cd={"cd_alpha": 0.3}), [lightr, cd])
+    # a batch size changes the speed, not the results
+    _check_arm_settings(tiny_run(pair, tmp_path / "r", methods="cd", cd={"cd_alpha": 0.2, "batch_size": 2}), [cd])
+    (lightr.dir / "adapter").mkdir(parents=True)  # made before arm.yaml existed
+    (tmp_path / "r" / "arms" / "cd@old").mkdir()
+    with caplog.at_level("WARNING", logger="lightreasoner.pipeline"):
+        _check_arm_settings(cfg, [lightr, cd])
+    assert "cannot be checked" in caplog.text and "cd@old is not an arm of this run" in caplog.text
+
+
+def test_report_json_is_strict():
+    from lightreasoner.report import strict_json
+
+    obj = {"beta": -math.inf, "q": [1.5, math.nan], "n": 3}
+    assert json.loads(json.dumps(strict_json(obj), allow_nan=False)) == {"beta": "-inf", "q": [1.5, "nan"], "n": 3}

@@ -202,8 +202,8 @@ class RunConfig(ModelOptions):
     )
     amateurs: str = opt(
         None,
-        "more amateurs for the expertise-gap study (comma-separated or a YAML list): each gets its own arms of the "
-        "methods that use an amateur, and every amateur is evaluated on the test problems",
+        "more amateurs for the expertise-gap study (comma-separated or a YAML list): each gets its own "
+        "LightReasoner arm, and every amateur is evaluated on the test problems",
     )
     sample: dict = opt({}, "options for the sampling stage")
     train: dict = opt({}, "options for the fine-tuning stage (the sft arm's LoRA and optimizer settings too)")

@@ -157,7 +157,7 @@ METHODS = {
 }
 """The arms a run can have. Without Select every step is trained on (β = -inf); without
 Contrast the label is the expert's own renormalised distribution; with neither, the
-amateur plays no part (one arm whatever the amateurs)."""
+amateur plays no part. Extra amateurs get LightReasoner arms only."""
 
 
 @dataclass
@@ -256,7 +256,7 @@ def stage_configs(cfg: RunConfig) -> dict:
             f"run config, section 'sample': {', '.join(per_arm)} is set by each arm's method; "
             "list the ablations under methods: instead (e.g. lightr-no-contrast)"
         )
-    own = sorted({"model", "contrastive_amateur", "adapter", "out", "name"} & set(cfg.cd))
+    own = sorted({"model", "contrastive_amateur", "adapter", "out", "name", "backend"} & set(cfg.cd))
     if own:
         raise LightReasonerError(f"run config, section 'cd': {', '.join(own)} is set by the run, not by 'cd'")
     sample_section = {k: v for k, v in cfg.sample.items() if k != "beta"}
@@ -377,30 +377,45 @@ arm (its method, amateur and ``sft``/``cd`` section) are checked by the arm (``a
 ARM_FILE = "arm.yaml"
 
 
+NOT_RESULTS = ("batch_size", "sample_batch_size")
+"""Keys of an arm's section that change how fast it runs, not what it computes."""
+
+
 def arm_settings(cfg: RunConfig, arm: Arm) -> dict:
     """What an arm's results depend on beyond the run's shared settings."""
     kind = METHODS[arm.method].kind
     section = cfg.sft if kind == "sft" else cfg.cd if kind == "cd" else {}
-    return {"method": arm.method, "amateur": arm.amateur, kind: dict(section)}
+    own = {k: v for k, v in section.items() if k not in NOT_RESULTS}
+    return {"method": arm.method, "amateur": arm.amateur, kind: own}
 
 
 def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
-    """Refuse to reuse an arm made with other settings."""
+    """Refuse to reuse an arm made with other settings (an arm with no output yet may change);
+    warn about arm folders the run does not plan."""
     for arm in arms:
         path, now = arm.dir / ARM_FILE, arm_settings(cfg, arm)
-        if not arm.legacy and path.exists():
+        if arm.legacy or not arm.dir.exists():
+            continue
+        outputs = [p for p in arm.dir.iterdir() if p.name != ARM_FILE]
+        if not path.exists() and outputs:
+            log.warning("%s has no %s (made by an earlier version): its settings cannot be checked", arm.dir, ARM_FILE)
+        elif path.exists() and outputs:
             before = yaml.safe_load(path.read_text())
             if before != now:
                 raise LightReasonerError(
                     f"{arm.dir} holds the arm {arm.id!r} made with other settings "
                     f"({'; '.join(_differences(before, now))}); delete that folder to run the arm again"
                 )
+    folder, planned = Path(cfg.out) / "arms", {arm.dir for arm in arms}
+    for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if extra not in planned:
+            log.warning("%s is not an arm of this run's methods and amateurs: left out of the report", extra)
 
 
 def _record_arm_settings(cfg: RunConfig, arm: Arm) -> None:
-    """Write ``arm.yaml`` when an arm starts its first stage."""
+    """Write ``arm.yaml`` when an arm starts a stage (an arm with no output yet takes the new settings)."""
     path = arm.dir / ARM_FILE
-    if not arm.legacy and not path.exists():
+    if not arm.legacy and (not path.exists() or not [p for p in arm.dir.iterdir() if p.name != ARM_FILE]):
         arm.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, yaml.safe_dump(arm_settings(cfg, arm), sort_keys=False))
 
@@ -412,6 +427,8 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         defaults = asdict(RunConfig())
         # options added to RunConfig after the run was made count as their defaults
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
+        if isinstance(before.get("sample"), dict):  # earlier versions ignored these keys there
+            before["sample"] = {k: v for k, v in before["sample"].items() if k not in ("contrast", "expert_weights")}
         before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS + ARM_FIELDS} for d in (before, resolved))
         if before != now:
             raise LightReasonerError(

@@ -174,8 +174,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
                     "kl_histogram",
                 )
             }
-            beta = entry["beta"] if "beta" in entry else samples["config"]["beta"]
-            arms[arm_id]["selection"]["beta"] = repr(beta) if beta == -math.inf else beta  # JSON has no -inf
+            arms[arm_id]["selection"]["beta"] = entry["beta"] if "beta" in entry else samples["config"]["beta"]
     amateurs = {}
     for tag, ev in configs["amateurs"].items():
         s = load_summary(ev.out)
@@ -569,11 +568,22 @@ def verdicts(fig: dict) -> list[str]:
     ]
 
 
+def strict_json(obj: object) -> object:
+    """``obj`` with infinite and NaN floats as strings ('-inf'): JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_report(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int = 0) -> dict:
     """``configs``: the stage configs of :func:`lightreasoner.pipeline.stage_configs` (where outputs are)."""
     fig = gather(run, cfg, configs, timings, disjoint_checked)
     fig["verdicts"] = verdicts(fig)
     fig["plots"] = plot(run, fig)
-    atomic_write_json(run / "report.json", fig)
+    atomic_write_json(run / "report.json", strict_json(fig))
     atomic_write_text(run / "report.md", markdown(fig))
     return fig
