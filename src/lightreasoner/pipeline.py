@@ -56,13 +56,16 @@ def merge_dicts(base: dict, over: dict) -> dict:
 
 
 def read_run_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A run config file; ``extends: other.yaml`` (relative to the file) starts from another
-    config and changes only the keys given (sections are merged key by key)."""
+    """A run config file; ``extends: other.yaml`` (relative to the file; ``default``: the
+    packaged default experiment) starts from another config and changes only the keys given
+    (sections are merged key by key)."""
     path = Path(path)
     values = read_yaml(path)
     parent = values.pop("extends", None)
     if parent is None:
         return values
+    if parent == "default":
+        return merge_dicts(default_config(), values)
     base = (path.parent / str(parent)).resolve()
     if base in seen or base == path.resolve():
         raise LightReasonerError(f"{path}: 'extends: {parent}' makes a loop")
