@@ -82,6 +82,14 @@ def test_two_process_sampling_equals_one(pair, data, one_process_samples, tmp_pa
     assert a["selected_steps"] == b["selected_steps"] and a["problems"] == b["problems"]
 
 
+def test_two_process_sampling_is_byte_identical_when_each_problem_runs_alone(pair, data, tmp_path):
+    exact = ["--batch-size", "1", "--score-batch-size", "1"]  # sample_args has --batch-size 1 already
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert main([*sample_args(pair, data, one), *exact]) == 0
+    finish(launch([*sample_args(pair, data, two), *exact]))
+    assert one.read_text() == two.read_text() and one.read_text()
+
+
 def running(pid: int) -> bool:
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
     return bool(state) and not state.startswith("Z")

@@ -53,6 +53,11 @@ class SampleConfig(ModelOptions):
     alpha: float = opt(0.2, "plausible tokens: p_E >= alpha * max p_E")
     max_new_tokens: int = opt(128, "trajectory length (prefix termination)")
     batch_size: int = opt(16, "most trajectories generated together (0: as many as fit in memory)")
+    score_batch_size: int = opt(
+        4,
+        "finished trajectories scored together in one teacher-forced pass; 1: each alone, so that its labels "
+        "do not depend on the problems it shares a batch with",
+    )
     expert_scoring: str = opt(
         "generation",
         "generation: the expert's distributions are the raw logits of its own greedy decoding (it runs once); "

@@ -262,6 +262,8 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError("--max-new-tokens: must be at least 1")
     if cfg.batch_size < 0:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
+    if cfg.score_batch_size < 1:
+        raise LightReasonerError("--score-batch-size: must be at least 1")
     if cfg.expert_scoring not in ("generation", "teacher-forced"):
         raise LightReasonerError(f"--expert-scoring {cfg.expert_scoring!r}: choose generation or teacher-forced")
     if cfg.max_problems is not None and cfg.max_problems < 1:
@@ -340,10 +342,6 @@ def forced_in_pieces(model: PreTrainedModel, trajs: list[Trajectory], pad: int) 
         return [x for t in trajs for x in teacher_forced_logits(model, [t], pad)]
 
 
-SCORING_CHUNK = 4
-"""Trajectories scored together: bounds the float32 ``[chunk, steps, vocab]`` logits held at once."""
-
-
 def _sample_batches(
     cfg: SampleConfig,
     todo: list[Problem],
@@ -397,7 +395,7 @@ def _sample_batches(
 
     def finished(traj: Trajectory) -> None:
         buffer.append(traj)
-        if len(buffer) >= SCORING_CHUNK:
+        if len(buffer) >= cfg.score_batch_size:  # also bounds the [chunk, steps, vocab] logits held
             score(buffer[:])
             buffer.clear()
 
