@@ -96,8 +96,10 @@ def efficiency(entry: dict, arm_fig: dict) -> dict | None:
         samples = json.loads(summary_path(arm.samples).read_text())
         train = json.loads((arm.adapter / TRAIN_SUMMARY).read_text())
         sampling, tuning = samples["generation_seconds"] + samples["scoring_seconds"], train["seconds"]
+        with arm.samples.open(encoding="utf-8") as lines:  # problems with at least one selected step
+            trained_on = len({json.loads(line)["problem_index"] for line in lines if line.strip()})
         out = {
-            "sampled_problems": samples["problems"],
+            "sampled_problems": trained_on,
             "problems_attempted": samples["problems"],
             "tuned_tokens": train["tuned_tokens"],
             "optimizer_steps": train["optimizer_steps"],
