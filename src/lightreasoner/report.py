@@ -311,6 +311,10 @@ def plot(run: Path, fig: dict) -> list[str]:
         bars = ax.bar(labels, gains, yerr=err, capsize=4, color="#2f6fb0")
         ax.bar_label(bars, fmt="%+.1f", fontsize=8, padding=2)
         ax.axhline(0, color="black", linewidth=0.6)
+        low = min([0.0] + [a["average"]["ci95"][0] for a in ablations])
+        high = max([0.0] + [a["average"]["ci95"][1] for a in ablations])
+        pad = max(1.0, 0.15 * (high - low))  # room for the labels on both sides of zero
+        ax.set_ylim(low - pad, high + pad)
         ax.set_ylabel("AVG. gain over baseline (points), 95% CI")
         ax.set_title("Ablations")
         ax.tick_params(axis="x", labelsize=8)
