@@ -6,6 +6,7 @@ beside it. Outputs of both ways are checked to be the same.
 
     python benchmarks/bench_distributed.py                       # a small random pair built here
     python benchmarks/bench_distributed.py --expert E --amateur A --problems 16
+    python benchmarks/bench_distributed.py --exact --stages sample   # each problem alone
 """
 
 from __future__ import annotations
@@ -45,21 +46,27 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--stages", default="sample,eval", help="which stages to time (comma-separated)")
+    ap.add_argument(
+        "--exact", action="store_true", help="sample each problem alone (--batch-size 1 --score-batch-size 1)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "pair").mkdir()
         expert, amateur = (args.expert, args.amateur) if args.expert else build_pair(root / "pair")
         data = problems(args.problems, root / "problems.jsonl")
-        common = ["-q", "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens), "--batch-size", "0"]
+        common = ["-q", "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens)]
+        common += ["--batch-size", "1"] if args.exact else ["--batch-size", "0"]
         print(f"expert {expert}, amateur {amateur}, {args.problems} problems, {args.max_new_tokens} tokens")
         print("| stage | way | wall (s) | problems / s | stage's own time (s) |\n|---|---|---|---|---|")
-        for stage in ("sample", "eval"):
-            rates, outputs = [], []
+        for stage in args.stages.split(","):
+            rates, outputs, texts = [], [], []
             for way, threads in (("1 process x 2 threads", 2), ("2 processes x 1 thread", 1)):
                 if stage == "sample":
                     out = root / f"sample-{threads}.jsonl"
                     tail = ["sample", "--expert", expert, "--amateur", amateur, "--data", str(data), "--out", str(out)]
+                    tail += ["--score-batch-size", "1"] if args.exact else []
                 else:
                     out = root / f"eval-{threads}"
                     tail = ["eval", "--model", expert, "--benchmarks", "gsm8k", "--out", str(out)]
@@ -71,16 +78,18 @@ def main() -> None:
                     own = summ["generation_seconds"] + summ["scoring_seconds"]
                     rows = [json.loads(x) for x in out.read_text().splitlines()]
                     outputs.append({(r["problem_index"], r["step"], tuple(r["token_ids"])) for r in rows})
+                    texts.append(out.read_text())
                 else:
                     own = json.loads((out / "summary.json").read_text())["seconds"]
-                    outputs.append((out / "gsm8k.jsonl").read_text())
+                    outputs.append((out / "gsm8k.jsonl").read_text().splitlines())
                 rates.append(args.problems / wall)
                 print(f"| {stage} | {way} | {wall:.1f} | {rates[-1]:.3f} | {own:.1f} |", flush=True)
             overhead = 100 * (1 - rates[1] / rates[0])  # > 0: 2 processes are slower
             if stage == "sample":  # a step whose KL is within float rounding of beta can flip
                 same = f"{len(outputs[0] ^ outputs[1])} of {len(outputs[0] | outputs[1])} records differ"
+                same += f", files byte-identical: {texts[0] == texts[1]}"
             else:
-                same = f"identical rows: {outputs[0] == outputs[1]}"
+                same = f"{sum(x != y for x, y in zip(*outputs))} of {len(outputs[0])} rows differ"
             print(f"| {stage} | overhead of 2 processes | | {overhead:+.0f}% | {same} |")
 
 
