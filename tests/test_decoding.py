@@ -85,6 +85,7 @@ def test_sampled_steps_are_the_argmax_of_a_plain_forward(hostile, pair, problems
         max_new_tokens=16,
         batch_size=2,
         beta=-math.inf,
+        dtype="float32",  # exact comparisons: auto is bf16 on CPUs with native bf16
     )
     sample(cfg, show_progress=False)
     model = load_model(str(hostile))
@@ -111,6 +112,7 @@ def test_expert_scoring_from_generation_equals_teacher_forced(pair, problems_fil
             max_new_tokens=20,
             batch_size=2,
             expert_scoring=mode,
+            dtype="float32",
         )
         summary = sample(cfg, show_progress=False)
         runs[mode] = (read_records(out), summary)

@@ -140,6 +140,7 @@ def test_eval_completions_are_the_plain_argmax_whatever_the_checkpoint_says(pair
         limit=5,
         max_new_tokens=12,
         batch_size=2,
+        dtype="float32",
         out=str(tmp_path / "o"),
     )
     summary = evaluate(cfg, show_progress=False)

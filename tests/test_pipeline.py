@@ -77,6 +77,7 @@ def test_run_produces_every_artefact_and_the_report(finished):
     assert "Tuned Tokens" in report and "transformers" in report and "max_problems: 3" in report
     assert "## Ablations" not in report and "## Expertise gap" not in report  # one arm, one amateur
     saved = json.loads((run / "report.json").read_text())
+    assert saved["hardware"]["dtype"] == "float32" and "Hardware where this report was written" in report
     arm = saved["arms"]["lightr"]
     lines = (run / "arms/lightr/samples.jsonl").read_text().splitlines()
     records = len(lines)

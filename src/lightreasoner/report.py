@@ -48,6 +48,30 @@ def versions() -> dict[str, str]:
     return out
 
 
+def hardware(cfg: RunConfig) -> dict[str, str]:
+    """Where the report was written: the device and the dtype that ``--dtype`` resolves to
+    there (``auto`` is bf16 on CPUs with native bf16 and fp32 on others), and the processor."""
+    from .models import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = f"{names[0]} x {len(names)}" if names else cpu
+    except OSError:
+        pass
+    out = {"device": str(device), "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."), "cpu": cpu}
+    if device.type == "cuda":
+        import torch
+
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
 def _hms(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
@@ -209,6 +233,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         "generated_test_problems_checked_disjoint": disjoint_checked,
         "config": asdict(cfg),
         "versions": versions(),
+        "hardware": hardware(cfg),
         "tables": {
             "accuracy": markdown_table(summaries, deltas=True),
             "significance": significance_table(summaries, eval_dirs),
@@ -560,6 +585,10 @@ def markdown(fig: dict) -> str:
         "| Package | Version |",
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in fig["versions"].items()],
+        "",
+        "Hardware where this report was written: "
+        + ", ".join(f"{k} {v}" for k, v in fig.get("hardware", {}).items())
+        + f" (dtype {fig['config']['dtype']} resolves to the dtype named here).",
         "",
     ]
     return "\n".join(lines)
