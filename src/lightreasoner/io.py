@@ -1,12 +1,13 @@
 """Files that survive being killed at any moment, shared by every stage.
 
-- :func:`atomic_open` / :func:`atomic_write_text` / :func:`atomic_write_json`: a unique temporary file, fsync,
-  rename, fsync of the folder: readers see the old file or the whole new one, and after a
-  crash the new one is on disk.
+- :func:`atomic_open` / :func:`atomic_write_text` / :func:`atomic_write_json`: a unique
+  temporary file, fsync, rename, fsync of the folder: readers see the old file or the whole
+  new one, and after a crash the new one is on disk.
 - :func:`append_synced`: append and fsync (crash-safe logs and per-problem outputs).
 - :class:`OutputLock`: one writer per output; a second one stops at once, naming the holder.
-- :func:`file_fingerprint` / :func:`model_fingerprint` / :func:`fingerprint_diff`: what an
-  output was made from, so a resume with other inputs is refused with the fields named.
+- :func:`file_fingerprint` / :func:`model_fingerprint` / :func:`fingerprint_diff` /
+  :func:`setting_changes`: what an output was made from, so a resume with other inputs is
+  refused with the fields (and, for settings, the old and new values) named.
 - :func:`friendly_os_errors`: a full disk or a missing permission becomes a one-paragraph
   message naming the file, not a traceback.
 """
@@ -240,6 +241,18 @@ def model_fingerprint(spec: str | None) -> dict | str | None:
 def fingerprint_diff(old: dict, new: dict) -> list[str]:
     """The top-level fields whose values differ."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def setting_changes(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every changed setting, nested sections by dotted key."""
+    out = []
+    for k in sorted(set(before) | set(now)):
+        a, b = before.get(k, "(unset)"), now.get(k, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += setting_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 # ---------------------------------------------------------------- OS errors

@@ -28,7 +28,7 @@ import yaml
 
 from .config import EvalConfig, LoraOptions, RunConfig, SampleConfig, SFTConfig, TrainConfig, build, read_yaml
 from .errors import LightReasonerError
-from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors
+from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors, setting_changes
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
         path, now = arm.dir / ARM_FILE, arm_settings(cfg, arm)
         if arm.legacy or not arm.dir.exists():
             continue
-        outputs = [p for p in arm.dir.iterdir() if p.name != ARM_FILE]
+        outputs = _has_output(arm)
         if not path.exists() and outputs:
             log.warning("%s has no %s (made by an earlier version): its settings cannot be checked", arm.dir, ARM_FILE)
         elif path.exists() and outputs:
@@ -407,7 +407,7 @@ def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
             if before != now:
                 raise LightReasonerError(
                     f"{arm.dir} holds the arm {arm.id!r} made with other settings "
-                    f"({'; '.join(_differences(before, now))}); delete that folder to run the arm again"
+                    f"({'; '.join(setting_changes(before, now))}); delete that folder to run the arm again"
                 )
     folder, planned = Path(cfg.out) / "arms", {arm.dir for arm in arms}
     for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -415,10 +415,15 @@ def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
             log.warning("%s is not an arm of this run's methods and amateurs: left out of the report", extra)
 
 
+def _has_output(arm: Arm) -> bool:
+    """Whether the arm's folder holds anything besides ``arm.yaml``."""
+    return arm.dir.is_dir() and any(p.name != ARM_FILE for p in arm.dir.iterdir())
+
+
 def _record_arm_settings(cfg: RunConfig, arm: Arm) -> None:
     """Write ``arm.yaml`` when an arm starts a stage (an arm with no output yet takes the new settings)."""
     path = arm.dir / ARM_FILE
-    if not arm.legacy and (not path.exists() or not [p for p in arm.dir.iterdir() if p.name != ARM_FILE]):
+    if not arm.legacy and (not path.exists() or not _has_output(arm)):
         arm.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, yaml.safe_dump(arm_settings(cfg, arm), sort_keys=False))
 
@@ -435,22 +440,10 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS + ARM_FIELDS} for d in (before, resolved))
         if before != now:
             raise LightReasonerError(
-                f"{run} holds a run with other settings ({'; '.join(_differences(before, now))}); "
+                f"{run} holds a run with other settings ({'; '.join(setting_changes(before, now))}); "
                 "use another --out, give the run's own settings (its config.yaml) with --config, "
                 "or delete the folder to start again"
             )
-
-
-def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every changed setting, nested sections by dotted key."""
-    out = []
-    for k in sorted(set(before) | set(now)):
-        a, b = before.get(k, "(unset)"), now.get(k, "(unset)")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
 
 
 def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
