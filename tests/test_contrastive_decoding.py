@@ -90,6 +90,7 @@ def test_cd_with_beta_zero_is_greedy_and_named_cd(pair, tmp_path):
         evaluate(cd_cfg(pair, tmp_path / "cd", contrastive_amateur=str(pair[1]), cd_beta=0.5), show_progress=False)
 
 
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="benchmark files of ../shared/data not present")
 def test_cd_refuses_a_mismatched_pair_and_vllm(pair, other_tokenizer_model, tmp_path, capsys):
     out = tmp_path / "cd"
     args = ["eval", "-q", "--model", str(pair[0]), "--benchmarks", "gsm8k", "--limit", "1", "--out", str(out)]

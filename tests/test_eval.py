@@ -124,6 +124,7 @@ def test_eval_bad_input(pair, tmp_path, capsys):
     assert "g.jsonl:1: no 'gold' field" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="benchmark files of ../shared/data not present")
 def test_eval_completions_are_the_plain_argmax_whatever_the_checkpoint_says(pair, tmp_path):
     """A checkpoint asking for sampling and penalties is still decoded by pure argmax."""
     import torch

@@ -249,3 +249,16 @@ def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_pat
     assert [r["token_ids"] for r in records(full / samples)] == [r["token_ids"] for r in records(out / samples)]
     a, b = (json.loads((d / "report.json").read_text())["arms"]["lightr"] for d in (full, out))
     assert a["results"] == b["results"] and a["efficiency"]["tuned_tokens"] == b["efficiency"]["tuned_tokens"]
+
+
+def test_resume_passes_over_a_checkpoint_whose_save_was_interrupted(tmp_path, caplog):
+    from lightreasoner.training import SEEN_RECORDS, last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, whole in ((2, True), (4, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if whole:
+            (tmp_path / f"checkpoint-{step}" / SEEN_RECORDS).write_text("[]")
+    with caplog.at_level("WARNING", logger="lightreasoner.training"):
+        assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert "checkpoint-6 was not saved whole" in caplog.text

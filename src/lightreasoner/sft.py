@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import SFTConfig
 from .data import Problem, load_problems
@@ -51,6 +50,7 @@ from .training import (
     IndexedDataset,
     SeenTrainer,
     check_checkpoints,
+    last_checkpoint,
     lora_model,
     training_arguments,
     validate_lora,
@@ -361,7 +361,7 @@ def fine_tune(cfg: SFTConfig, model, tok, rows, out: Path, dtype, device, show: 
         data_collator=SFTCollator(tok.pad_token_id),
         processing_class=tok,
     )
-    resume = get_last_checkpoint(str(out))
+    resume = last_checkpoint(out)
     trainer.load_seen(resume)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from peft import LoraConfig, TaskType, get_peft_model
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import LoraOptions, TrainConfig
 from .contrast import soft_label_kl
@@ -220,6 +219,20 @@ class SeenTrainer(Trainer):
             self.seen = set(json.loads(path.read_text()))
 
 
+def last_checkpoint(out: str | Path) -> str | None:
+    """The newest checkpoint in ``out`` that was saved whole: its seen-records file is written
+    last, so a save that was interrupted (a folder without it) is passed over."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    steps = {int(d.name.split("-")[1]): d for d in out.glob("checkpoint-*") if d.name.split("-")[1].isdigit()}
+    whole = [n for n, d in steps.items() if (d / SEEN_RECORDS).exists()]
+    for n in sorted(steps):
+        if n not in whole and n > max(whole, default=-1):
+            log.warning("%s was not saved whole (interrupted); resuming from an earlier checkpoint", steps[n])
+    return str(steps[max(whole)]) if whole else None
+
+
 class SoftLabelTrainer(SeenTrainer):
     """The soft-label KL loss and the record order of ``order``."""
 
@@ -339,7 +352,7 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
 def check_checkpoints(out: Path, fp: dict, resume: bool) -> None:
     """Refuse to resume checkpoints in ``out`` made under another fingerprint; record ``fp``."""
     path = out / TRAIN_FINGERPRINT
-    if resume and path.exists() and get_last_checkpoint(str(out)):
+    if resume and path.exists() and last_checkpoint(out):
         before = json.loads(path.read_text())
         if before != fp:
             raise LightReasonerError(
@@ -373,7 +386,7 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
         processing_class=tok,
         order=cfg.order,
     )
-    resume = get_last_checkpoint(str(out)) if cfg.resume and out.is_dir() else None
+    resume = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume is None:
         log.info("no checkpoint in %s; starting from the beginning", out)
     trainer.load_seen(resume)
