@@ -253,7 +253,7 @@ def stage_configs(cfg: RunConfig) -> dict:
     def evaluation(out: Path, name: str, **over) -> EvalConfig:
         return build(EvalConfig, {**eval_common, "out": str(out), "name": name, **over}, {}, "run config, 'eval'")
 
-    per_arm = sorted({"contrast", "expert_weights"} & set(cfg.sample))
+    per_arm = sorted(set(PER_ARM_SAMPLE_KEYS) & set(cfg.sample))
     if per_arm:
         raise LightReasonerError(
             f"run config, section 'sample': {', '.join(per_arm)} is set by each arm's method; "
@@ -378,6 +378,8 @@ ARM_FIELDS = ("methods", "amateurs", "sft", "cd")
 """Run options that add arms: a finished run may take more arms later. The settings of one
 arm (its method, amateur and ``sft``/``cd`` section) are checked by the arm (``arm.yaml``)."""
 ARM_FILE = "arm.yaml"
+PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
+"""Sampling options each arm's method sets (Contrast; the pool's second label), not ``sample:``."""
 
 
 NOT_RESULTS = ("batch_size", "sample_batch_size")
@@ -396,13 +398,12 @@ def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
     """Refuse to reuse an arm made with other settings (an arm with no output yet may change);
     warn about arm folders the run does not plan."""
     for arm in arms:
-        path, now = arm.dir / ARM_FILE, arm_settings(cfg, arm)
-        if arm.legacy or not arm.dir.exists():
+        if arm.legacy or not _has_output(arm):
             continue
-        outputs = _has_output(arm)
-        if not path.exists() and outputs:
+        path, now = arm.dir / ARM_FILE, arm_settings(cfg, arm)
+        if not path.exists():
             log.warning("%s has no %s (made by an earlier version): its settings cannot be checked", arm.dir, ARM_FILE)
-        elif path.exists() and outputs:
+        else:
             before = yaml.safe_load(path.read_text())
             if before != now:
                 raise LightReasonerError(
@@ -436,7 +437,7 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         # options added to RunConfig after the run was made count as their defaults
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
         if isinstance(before.get("sample"), dict):  # earlier versions ignored these keys there
-            before["sample"] = {k: v for k, v in before["sample"].items() if k not in ("contrast", "expert_weights")}
+            before["sample"] = {k: v for k, v in before["sample"].items() if k not in PER_ARM_SAMPLE_KEYS}
         before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS + ARM_FIELDS} for d in (before, resolved))
         if before != now:
             raise LightReasonerError(

@@ -226,11 +226,10 @@ def last_checkpoint(out: str | Path) -> str | None:
     if not out.is_dir():
         return None
     steps = {int(d.name.split("-")[1]): d for d in out.glob("checkpoint-*") if d.name.split("-")[1].isdigit()}
-    whole = [n for n, d in steps.items() if (d / SEEN_RECORDS).exists()]
-    for n in sorted(steps):
-        if n not in whole and n > max(whole, default=-1):
-            log.warning("%s was not saved whole (interrupted); resuming from an earlier checkpoint", steps[n])
-    return str(steps[max(whole)]) if whole else None
+    whole = max((n for n, d in steps.items() if (d / SEEN_RECORDS).exists()), default=None)
+    for n in sorted(n for n in steps if whole is None or n > whole):
+        log.warning("%s was not saved whole (interrupted); resuming from an earlier checkpoint", steps[n])
+    return None if whole is None else str(steps[whole])
 
 
 class SoftLabelTrainer(SeenTrainer):
