@@ -218,6 +218,7 @@ def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch):
     tok = load_tokenizer(str(pair[0]))
     gen = VLLMGenerator(str(pair[0]), tok, 64, "auto", str(adapter), gpu_memory_utilization=0.5)
     assert made["cuda"] == "3" and made["generation_config"] == "vllm" and made["max_lora_rank"] == 8
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # put back once the engine has started
     assert made["gpu_memory_utilization"] == 0.5 and made["tensor_parallel_size"] == 1 and made["enable_lora"]
     assert gen.params["temperature"] == 0.0 and gen.params["repetition_penalty"] == 1.0
     gen.close()

@@ -63,6 +63,13 @@ class SampleConfig(ModelOptions):
         "generation: the expert's distributions are the raw logits of its own greedy decoding (it runs once); "
         "teacher-forced: a second forward pass over the finished trajectories",
     )
+    backend: str = opt(
+        "hf",
+        "hf|vllm: what decodes the expert's trajectories. vllm (GPU, optional) generates them all first, "
+        "then both models score them in teacher-forced passes (vLLM gives no full-vocabulary logits)",
+    )
+    tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
+    gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
     skip_first_step: bool = opt(True, "skip the first generated position, as the original release does")
     contrast: bool = opt(True, "contrastive labels; --no-contrast uses the expert's own renormalised distribution")
     expert_weights: bool = opt(

@@ -8,6 +8,11 @@ distribution at every step) and their steps are selected and labelled.
 ``expert_scoring="teacher-forced"`` also runs the expert a second time that way;
 ``reference_scoring`` runs one forward per prefix for both models, the way the original
 release scores, and exists to validate the fast path.
+
+With ``backend="vllm"`` (GPU) a vLLM engine generates a rank's trajectories first and is shut
+down; then both models score them in teacher-forced passes, since vLLM returns no
+full-vocabulary logits. Finished problems are committed as they are scored, so a rerun after
+an interruption generates again only the problems not yet committed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -248,6 +253,8 @@ def fingerprint(cfg: SampleConfig) -> dict:
     fp["expert"], fp["amateur"] = model_fingerprint(cfg.expert), model_fingerprint(cfg.amateur)
     fp["data_content"] = file_fingerprint(cfg.data)["sha256"] if Path(cfg.data).is_file() else None
     fp["max_problems"] = cfg.max_problems
+    if cfg.backend != "hf":  # only when set: runs made before the option resume
+        fp["backend"] = cfg.backend
     if cfg.expert_weights:  # only when set: runs made before the option resume
         fp["expert_weights"] = True
     return fp
@@ -268,11 +275,30 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError(f"--expert-scoring {cfg.expert_scoring!r}: choose generation or teacher-forced")
     if cfg.max_problems is not None and cfg.max_problems < 1:
         raise LightReasonerError("--max-problems: must be at least 1")
+    if cfg.backend not in ("hf", "vllm"):
+        raise LightReasonerError(f"--backend {cfg.backend!r}: choose hf or vllm")
+    if cfg.backend == "vllm" and cfg.reference_scoring:
+        raise LightReasonerError("--reference-scoring is a check of the hf backend's fast path; use --backend hf")
+
+
+def resolve_backend(cfg: SampleConfig) -> SampleConfig:
+    """With ``--backend vllm`` the expert's distributions come from a teacher-forced pass (vLLM
+    returns no full-vocabulary logits); stop early if vLLM or a GPU is missing."""
+    if cfg.backend != "vllm":
+        return cfg
+    from .evaluation.generation import vllm_available
+
+    if not vllm_available():
+        raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible; use --backend hf")
+    if cfg.expert_scoring != "teacher-forced":
+        log.info("--backend vllm: the expert's distributions come from a teacher-forced pass")
+    return replace(cfg, expert_scoring="teacher-forced")
 
 
 def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     """Run stage 1 end to end; returns the summary (also saved beside ``cfg.out``)."""
     validate(cfg)
+    cfg = resolve_backend(cfg)
     problems = load_problems(cfg.data, cfg.question_field, None, cfg.max_problems, cfg.split, cfg.seed)
     src_e = resolve_source(cfg.expert, cfg.allow_pickle, "expert")
     src_a = resolve_source(cfg.amateur, cfg.allow_pickle, "amateur")
@@ -355,6 +381,11 @@ def _sample_batches(
     """Generate ``todo``; score and commit finished trajectories a few at a time."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    ready, generation_s = None, None
+    if cfg.backend == "vllm":  # all of this rank's trajectories first; the engine is gone before scoring
+        t0 = time.perf_counter()
+        ready = vllm_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."))
+        generation_s = (time.perf_counter() - t0) / max(len(ready), 1)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
     amateur = load_model(src_a, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
     start = 1 if cfg.skip_first_step else 0
@@ -385,7 +416,7 @@ def _sample_batches(
             stats = {
                 "trajectory_tokens": len(t.generated_ids),
                 "kl": [round(k, 5) for k in kls],
-                "generation_s": (t1 - clock["mark"]) / len(trajs),
+                "generation_s": generation_s if generation_s is not None else (t1 - clock["mark"]) / len(trajs),
                 "scoring_s": (t2 - t1) / len(trajs),
             }
             writer.commit(t.problem.index, recs, stats)
@@ -399,12 +430,40 @@ def _sample_batches(
             score(buffer[:])
             buffer.clear()
 
-    generate_trajectories(
-        expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, cfg.batch_size, from_generation, on_result=finished
-    )
-    if buffer:
-        score(buffer)
+    if ready is not None:
+        for i in range(0, len(ready), cfg.score_batch_size):
+            score(ready[i : i + cfg.score_batch_size])
+    else:
+        generate_trajectories(
+            expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, cfg.batch_size, from_generation, finished
+        )
+        if buffer:
+            score(buffer)
     bar.close()
+
+
+def vllm_trajectories(
+    cfg: SampleConfig, problems: list[Problem], src: ModelSource, tok: PreTrainedTokenizerBase, dtype: str
+) -> list[Trajectory]:
+    """The expert's greedy trajectories from a vLLM engine (same settings as :mod:`decoding`),
+    which is shut down before this returns."""
+    from .evaluation.generation import VLLMGenerator
+
+    gen = VLLMGenerator(
+        src.path,
+        tok,
+        cfg.max_new_tokens,
+        dtype,
+        trust_remote_code=cfg.trust_remote_code,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+    )
+    try:
+        prompts = [encode_prompt(tok, p.question, cfg.system_prompt) for p in problems]
+        comps = gen.generate_ids(prompts)
+    finally:
+        gen.close()
+    return [Trajectory(p, ids, c.ids) for p, ids, c in zip(problems, prompts, comps)]
 
 
 def summarize(cfg: SampleConfig, done: list[dict]) -> dict:

@@ -9,14 +9,15 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..decoding import _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
+from ..decoding import Completion, _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
 from ..distributed import launched
 from ..errors import LightReasonerError
 from ..models import end_token_ids
@@ -95,8 +96,9 @@ class VLLMGenerator:
     """vLLM greedy decoding (``pip install 'lightreasoner[vllm]'``, CUDA only).
 
     Under a launcher (several processes, one GPU each) every process builds its own
-    single-GPU engine on its GPU: ``CUDA_VISIBLE_DEVICES`` is set to ``LOCAL_RANK`` before
-    the engine starts (vLLM runs its engine in a child process that inherits it).
+    single-GPU engine on its GPU: ``CUDA_VISIBLE_DEVICES`` is set to ``LOCAL_RANK`` while
+    the engine starts (vLLM runs its engine in a child process that inherits it), then put
+    back, so this process's own PyTorch still sees every GPU (``cuda:LOCAL_RANK`` is its own).
     """
 
     def __init__(
@@ -114,36 +116,46 @@ class VLLMGenerator:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        if launched():
-            if tensor_parallel_size > 1:
-                raise LightReasonerError(
-                    "--tensor-parallel-size > 1 under a launcher: use either one process with tensor parallelism, "
-                    "or one process per GPU (data parallelism), not both"
-                )
-            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("LOCAL_RANK", "0")
         engine: dict = {"tensor_parallel_size": tensor_parallel_size, **vllm_engine_args()}
         if gpu_memory_utilization is not None:
             engine["gpu_memory_utilization"] = gpu_memory_utilization
         if adapter:
             engine.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_slot(adapter))
-        self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
-        eos = self.llm.get_tokenizer().eos_token_id
-        self.params = greedy_sampling_params(max_new_tokens, end_token_ids(eos, tokenizer, chat_ends=True))
+        with own_gpu(tensor_parallel_size):
+            self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
+        self.stops = end_token_ids(self.llm.get_tokenizer().eos_token_id, tokenizer, chat_ends=True)
+        self.params = greedy_sampling_params(max_new_tokens, self.stops)
         self.lora = LoRARequest("adapter", 1, adapter) if adapter else None
 
-    def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
-        results: list[Generated] = []
+    def _outputs(self, prompts: list) -> Iterator[tuple[int, object]]:
+        """``(index, CompletionOutput)`` per prompt, in order, :data:`VLLM_CHUNK` prompts per call."""
         for start in range(0, len(prompts), VLLM_CHUNK):
             outs = self.llm.generate(
                 prompts[start : start + VLLM_CHUNK], self.params, lora_request=self.lora, use_tqdm=False
             )
             for i, o in enumerate(outs, start):
-                c = o.outputs[0]
-                gen = Generated(c.text, len(c.token_ids), c.finish_reason == "length")
-                results.append(gen)
-                if on_result is not None:
-                    on_result(i, gen)
+                yield i, o.outputs[0]
+
+    def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
+        results: list[Generated] = []
+        for i, c in self._outputs(prompts):
+            gen = Generated(c.text, len(c.token_ids), c.finish_reason == "length")
+            results.append(gen)
+            if on_result is not None:
+                on_result(i, gen)
         return results
+
+    def generate_ids(self, prompt_ids: list[list[int]]) -> list[Completion]:
+        """Completions of tokenised prompts, as :func:`decoding.greedy_decode` gives them: the
+        ids up to and including the stop id (vLLM keeps a stop token id in ``token_ids``; it is
+        added if a version does not), ``finished`` False when the budget ran out."""
+        comps = []
+        for _, c in self._outputs([{"prompt_token_ids": list(p)} for p in prompt_ids]):
+            ids, finished = list(c.token_ids), c.finish_reason != "length"
+            if finished and (not ids or ids[-1] not in self.stops):
+                ids.append(c.stop_reason if isinstance(c.stop_reason, int) else self.stops[0])
+            comps.append(Completion(ids, finished))
+        return comps
 
     def close(self) -> None:
         """Stop the engine (its process) and free its GPU memory."""
@@ -163,6 +175,30 @@ def lora_rank_slot(adapter: str) -> int:
     """The smallest ``max_lora_rank`` vLLM accepts that holds the adapter's rank ``r``."""
     r = int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
     return next((k for k in VLLM_LORA_RANKS if k >= r), r)
+
+
+@contextmanager
+def own_gpu(tensor_parallel_size: int) -> Iterator[None]:
+    """Under a launcher, show a vLLM engine being built only this process's GPU (``LOCAL_RANK``)."""
+    if not launched():
+        yield
+        return
+    if tensor_parallel_size > 1:
+        raise LightReasonerError(
+            "--tensor-parallel-size > 1 under a launcher: use either one process with tensor parallelism, "
+            "or one process per GPU (data parallelism), not both"
+        )
+    if torch.cuda.is_available():
+        torch.cuda.device_count()  # PyTorch's own view (every GPU) is fixed before the variable changes
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("LOCAL_RANK", "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def vllm_available() -> bool:
