@@ -60,3 +60,55 @@ def other_tokenizer_model(tmp_path_factory) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(d)
     tiny.make_model(d, 300, "llama", seed=3)
     return d
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch) -> list:
+    """vLLM is not installed here: a stand-in ``vllm`` module whose engine decodes greedily
+    with transformers (one prompt at a time) and answers the way ``LLM.generate`` does (the
+    stop id kept in ``token_ids``). Returns the list of what it was asked: ``("engine",
+    dtype, engine kwargs + the CUDA_VISIBLE_DEVICES it saw)``, ``("generate", n prompts)``,
+    ``("shut down",)``."""
+    import types
+
+    import torch
+
+    from lightreasoner.decoding import greedy_decode
+    from lightreasoner.evaluation import generation
+    from lightreasoner.models import load_model, load_tokenizer
+
+    events: list = []
+
+    class LLM:
+        def __init__(self, model, dtype="auto", trust_remote_code=False, **kw):
+            events.append(("engine", dtype, {**kw, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+            self.model = load_model(model, torch.float32 if dtype == "auto" else getattr(torch, dtype))
+            self.tok = load_tokenizer(model)
+            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.stop))
+
+        def get_tokenizer(self):
+            return self.tok
+
+        def stop(self):
+            events.append(("shut down",))
+
+        def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+            events.append(("generate", len(prompts)))
+            outs = []
+            for p in prompts:
+                ids = p["prompt_token_ids"] if isinstance(p, dict) else self.tok(p)["input_ids"]
+                comp = greedy_decode(self.model, [ids], params["max_tokens"], params["stop_token_ids"], 0, 1)[0]
+                reason = "stop" if comp.finished else "length"
+                out = types.SimpleNamespace(token_ids=tuple(comp.ids), text="", finish_reason=reason, stop_reason=None)
+                outs.append(types.SimpleNamespace(outputs=[out]))
+            return outs
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda *a: a
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    monkeypatch.setattr(generation, "vllm_available", lambda: True)
+    return events

@@ -181,35 +181,12 @@ def test_vllm_backend_without_vllm_is_a_clear_error(pair, tmp_path, capsys):
     assert code == 2 and "vLLM is not installed" in capsys.readouterr().err
 
 
-def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch):
-    """vLLM is not installed here: a stand-in module records what the generator asks of it."""
-    import sys
-    import types
-
-    from lightreasoner.evaluation.generation import VLLMGenerator
+def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch, stand_in_vllm):
+    """What the generator asks of vLLM (a stand-in module here), one engine per process and GPU."""
+    from lightreasoner.evaluation.generation import VLLMGenerator, rank_gpu
     from lightreasoner.evaluation.runner import check_vllm_options
-    from lightreasoner.models import load_tokenizer
+    from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 
-    made = {}
-
-    class LLM:
-        def __init__(self, **kw):
-            made.update(kw, cuda=os.environ.get("CUDA_VISIBLE_DEVICES"))
-            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.stop))
-
-        def get_tokenizer(self):
-            return load_tokenizer(str(pair[0]))
-
-        def stop(self):
-            made["shut down"] = True
-
-    fake = types.ModuleType("vllm")
-    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
-    lora = types.ModuleType("vllm.lora.request")
-    lora.LoRARequest = lambda *a: a
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
-    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
     adapter = tmp_path / "adapter"
     tiny.random_lora(pair[0], std=0.1).save_pretrained(str(adapter))  # r = 8
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -217,12 +194,25 @@ def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     tok = load_tokenizer(str(pair[0]))
     gen = VLLMGenerator(str(pair[0]), tok, 64, "auto", str(adapter), gpu_memory_utilization=0.5)
+    (_, _, made) = stand_in_vllm[0]
     assert made["cuda"] == "3" and made["generation_config"] == "vllm" and made["max_lora_rank"] == 8
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # put back once the engine has started
     assert made["gpu_memory_utilization"] == 0.5 and made["tensor_parallel_size"] == 1 and made["enable_lora"]
     assert gen.params["temperature"] == 0.0 and gen.params["repetition_penalty"] == 1.0
+    eos = load_model(str(pair[0])).generation_config.eos_token_id  # where the transformers backend stops
+    assert gen.stops == end_token_ids(eos, tok, chat_ends=True) == gen.params["stop_token_ids"]
     gen.close()
-    assert made["shut down"]
+    assert stand_in_vllm[-1] == ("shut down",)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # a job given 4 of 8 GPUs: rank 3 has GPU 7
+    assert rank_gpu() == "7"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(LightReasonerError, match="names 2 GPUs"):
+        rank_gpu()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    with pytest.raises(LightReasonerError, match="VLLM_ENABLE_V1_MULTIPROCESSING"):
+        VLLMGenerator(str(pair[0]), tok, 64, "auto")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
     with pytest.raises(LightReasonerError, match="tensor parallelism"):
         VLLMGenerator(str(pair[0]), tok, 64, "auto", tensor_parallel_size=2)
     with pytest.raises(LightReasonerError, match="--max-lora-rank"):

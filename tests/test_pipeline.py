@@ -102,14 +102,17 @@ def test_run_produces_every_artefact_and_the_report(finished):
     assert "p-value" in report and ("not significant at 0.05" in report or "significant at 0.05" in report)
 
 
-def test_rerun_skips_completed_stages_and_resumes_missing_ones(finished, caplog):
+def test_rerun_skips_completed_stages_and_resumes_missing_ones(pair, finished, caplog):
     cfg, _ = finished
     run = Path(cfg.out)
     before = json.loads((run / "timings.json").read_text())
     adapter_mtime = (run / "arms/lightr/adapter/adapter_model.safetensors").stat().st_mtime_ns
     (run / "arms/lightr/eval/summary.json").unlink()
+    # options that change speed or engine use, not results, may differ in the rerun
+    sample = {**cfg.sample, "batch_size": 2, "score_batch_size": 1, "gpu_memory_utilization": 0.5}
+    faster = tiny_run(pair, cfg.out, sample=sample, eval_batch_size=2, eval={"batch_size": 2})
     with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
-        run_experiment(cfg, show_progress=False)
+        run_experiment(faster, show_progress=False)
     skipped = [r.message for r in caplog.records if "already complete" in r.message]
     assert len(skipped) == 3  # baseline, selection, fine-tuning (the pool is not needed any more)
     after = json.loads((run / "timings.json").read_text())

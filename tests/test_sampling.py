@@ -165,72 +165,61 @@ def test_finished_output_is_not_silently_reused_with_other_settings(pair, proble
     assert redone["config"]["beta"] == 0.3
 
 
-def _stand_in_vllm(monkeypatch, events: list) -> None:
-    """vLLM is not installed here: a stand-in ``vllm`` module whose engine decodes greedily
-    with transformers (one prompt at a time) and answers the way vLLM's ``LLM.generate`` does."""
-    import sys
-    import types
-
-    from lightreasoner.decoding import greedy_decode
-    from lightreasoner.evaluation import generation
-
-    class LLM:
-        def __init__(self, model, dtype, trust_remote_code, **kw):
-            events.append(("engine", dtype, kw))
-            self.model, self.tok = load_model(model, getattr(torch, dtype)), load_tokenizer(model)
-            self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.stop))
-
-        def get_tokenizer(self):
-            return self.tok
-
-        def stop(self):
-            events.append(("shut down",))
-
-        def generate(self, prompts, params, lora_request=None, use_tqdm=True):
-            outs = []
-            for p in prompts:
-                stops = params["stop_token_ids"]
-                comp = greedy_decode(self.model, [p["prompt_token_ids"]], params["max_tokens"], stops, 0, 1)[0]
-                out = types.SimpleNamespace(token_ids=tuple(comp.ids), text="", stop_reason=None)
-                out.finish_reason = "stop" if comp.finished else "length"
-                outs.append(types.SimpleNamespace(outputs=[out]))
-            return outs
-
-    fake = types.ModuleType("vllm")
-    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
-    lora = types.ModuleType("vllm.lora.request")
-    lora.LoRARequest = lambda *a: a
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
-    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
-    monkeypatch.setattr(generation, "vllm_available", lambda: True)
-
-
-def test_vllm_trajectories_give_the_records_of_teacher_forced_scoring(pair, problems_file, tmp_path, monkeypatch):
+def test_vllm_trajectories_give_the_records_of_teacher_forced_scoring(pair, problems_file, tmp_path, stand_in_vllm):
     """--backend vllm: the engine's trajectories, scored by both models in teacher-forced passes,
     give the records of the hf backend with --expert-scoring teacher-forced; the engine is shut
     down before the models load."""
     import lightreasoner.sampling as sampling_mod
 
-    events: list = []
-    _stand_in_vllm(monkeypatch, events)
+    events = stand_in_vllm
     real_load = sampling_mod.load_model
-    monkeypatch.setattr(sampling_mod, "load_model", lambda *a, **k: events.append(("load",)) or real_load(*a, **k))
-    kw = dict(max_problems=5, score_batch_size=1)  # each scored alone: no dependence on batch-mates
-    hf = sample(_cfg(pair, problems_file, tmp_path / "hf.jsonl", expert_scoring="teacher-forced", **kw), False)
-    events.clear()
-    v = sample(_cfg(pair, problems_file, tmp_path / "v.jsonl", backend="vllm", gpu_memory_utilization=0.5, **kw), False)
-    assert [e[0] for e in events] == ["engine", "shut down", "load", "load"]
-    assert events[0][1] == "float32" and events[0][2]["gpu_memory_utilization"] == 0.5
-    assert (tmp_path / "v.jsonl").read_text() == (tmp_path / "hf.jsonl").read_text()
+    sampling_mod.load_model = lambda *a, **k: events.append(("load",)) or real_load(*a, **k)
+    try:
+        kw = dict(max_problems=5, score_batch_size=1)  # each scored alone: no dependence on batch-mates
+        hf = sample(_cfg(pair, problems_file, tmp_path / "hf.jsonl", expert_scoring="teacher-forced", **kw), False)
+        events.clear()
+        out = tmp_path / "v.jsonl"
+        v = sample(_cfg(pair, problems_file, out, backend="vllm", gpu_memory_utilization=0.5, **kw), False)
+    finally:
+        sampling_mod.load_model = real_load
+    assert [e[0] for e in events] == ["engine", "generate", "shut down", "load", "load"]
+    assert events[0][1] == "float32" and events[0][2]["gpu_memory_utilization"] == 0.5 and events[1][1] == 5
+    assert out.read_text() == (tmp_path / "hf.jsonl").read_text()
     assert v["scoring"] == "teacher-forced" and v["selected_steps"] == hf["selected_steps"]
     assert v["fingerprint"]["backend"] == "vllm" and "backend" not in hf["fingerprint"]
 
 
-def test_vllm_completion_ids_end_with_the_stop_id(monkeypatch):
-    """generate_ids keeps greedy_decode's layout whether or not a vLLM version keeps the stop id."""
+def test_vllm_backend_resumes_with_the_problems_not_committed(pair, problems_file, tmp_path, stand_in_vllm):
+    from lightreasoner.records import ResumableWriter
+
+    cfg = _cfg(pair, problems_file, tmp_path / "v.jsonl", backend="vllm", max_problems=5, score_batch_size=1)
+    sample(
+        _cfg(pair, problems_file, tmp_path / "full.jsonl", backend="vllm", max_problems=5, score_batch_size=1), False
+    )
+    real_commit = ResumableWriter.commit
+
+    def commit_two(self, *a, **k):
+        if len(self.done) == 2:
+            raise KeyboardInterrupt
+        real_commit(self, *a, **k)
+
+    ResumableWriter.commit = commit_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sample(cfg, False)
+    finally:
+        ResumableWriter.commit = real_commit
+    stand_in_vllm.clear()
+    sample(cfg, False)
+    assert ("generate", 3) in stand_in_vllm  # only the 3 problems not committed are generated again
+    assert (tmp_path / "v.jsonl").read_text() == (tmp_path / "full.jsonl").read_text()
+
+
+def test_vllm_completion_ids_end_with_the_stop_id():
+    """generate_ids keeps greedy_decode's layout: ``finished`` when the last id is a stop id."""
     import types
 
+    from lightreasoner.errors import LightReasonerError
     from lightreasoner.evaluation.generation import VLLMGenerator
 
     def out(ids, reason, stop=None):
@@ -240,7 +229,7 @@ def test_vllm_completion_ids_end_with_the_stop_id(monkeypatch):
 
     gen = VLLMGenerator.__new__(VLLMGenerator)
     gen.stops, gen.params, gen.lora = [9, 7], {}, None
-    answers = [out((1, 2, 9), "stop"), out((1, 2), "stop", 7), out((1, 2), "stop"), out((1, 2, 3), "length")]
+    answers = [out((1, 2, 9), "stop"), out((1, 2, 7), "stop", 7), out((1, 2, 3), "length"), out((1, 9), "length")]
     seen = []
     gen.llm = types.SimpleNamespace(generate=lambda prompts, *a, **k: seen.extend(prompts) or answers)
     comps = gen.generate_ids([[5], [6], [7], [8]])
@@ -248,19 +237,27 @@ def test_vllm_completion_ids_end_with_the_stop_id(monkeypatch):
     assert [(c.ids, c.finished) for c in comps] == [
         ([1, 2, 9], True),
         ([1, 2, 7], True),
-        ([1, 2, 9], True),
         ([1, 2, 3], False),
+        ([1, 9], True),  # a stop id as the last allowed token: finished, as greedy_decode says
     ]
+    for bad in (out((1, 2), "stop"), out((1, 2), "abort")):
+        gen.llm = types.SimpleNamespace(generate=lambda prompts, *a, bad=bad, **k: [bad])
+        with pytest.raises(LightReasonerError, match="not supported for sampling"):
+            gen.generate_ids([[5]])
 
 
 def test_vllm_backend_checks(pair, problems_file, tmp_path):
     from lightreasoner.errors import LightReasonerError
     from lightreasoner.evaluation.generation import vllm_available
 
-    with pytest.raises(LightReasonerError, match="--backend 'tgi'"):
-        sample(_cfg(pair, problems_file, tmp_path / "a.jsonl", backend="tgi"), False)
-    with pytest.raises(LightReasonerError, match="--reference-scoring"):
-        sample(_cfg(pair, problems_file, tmp_path / "b.jsonl", backend="vllm", reference_scoring=True), False)
+    for kw, match in (
+        ({"backend": "tgi"}, "--backend 'tgi'"),
+        ({"backend": "vllm", "reference_scoring": True}, "--reference-scoring"),
+        ({"backend": "vllm", "gpu_memory_utilization": 1.5}, "--gpu-memory-utilization"),
+        ({"backend": "vllm", "tensor_parallel_size": 0}, "--tensor-parallel-size"),
+    ):
+        with pytest.raises(LightReasonerError, match=match):
+            sample(_cfg(pair, problems_file, tmp_path / "a.jsonl", **kw), False)
     if not vllm_available():
         with pytest.raises(LightReasonerError, match="vLLM is not installed"):
             sample(_cfg(pair, problems_file, tmp_path / "c.jsonl", backend="vllm"), False)

@@ -12,7 +12,7 @@ from test_pipeline import png_size, tiny_run
 
 from lightreasoner.config import SampleConfig, build
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import plan_arms, run_experiment, stage_configs
+from lightreasoner.pipeline import arm_settings, plan_arms, run_experiment, stage_configs
 from lightreasoner.records import read_records
 from lightreasoner.sampling import sample, select_from_pool
 
@@ -223,6 +223,11 @@ def test_arm_sections_are_checked(pair, tmp_path):
     inherited = stage_configs(tiny_run(pair, run, methods="sft", train={"max_steps": 5}))["arms"]["sft"]["sft"]
     assert inherited.max_steps == 5
     assert arms["cd"]["eval"].backend == "hf"
+    # an arm's recorded settings leave out decoding batch sizes, not the training batch
+    cfg = tiny_run(pair, run, methods="sft,cd", sft={"batch_size": 4, "sample_batch_size": 8}, cd={"batch_size": 3})
+    by_method = {a.method: a for a in plan_arms(cfg, run)}
+    assert arm_settings(cfg, by_method["sft"])["sft"] == {"batch_size": 4}
+    assert arm_settings(cfg, by_method["cd"])["cd"] == {}
 
 
 def test_arm_folders_are_checked_before_any_stage(pair, tmp_path, caplog):

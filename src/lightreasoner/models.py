@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .distributed import launched
 from .errors import LightReasonerError
@@ -164,6 +171,18 @@ def load_with_adapter(base, adapter: str | Path):
 
 
 CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
+
+
+def checkpoint_eos(path: str) -> int | list[int] | None:
+    """The EOS id(s) of a checkpoint's generation config (what ``model.generation_config``
+    holds once loaded), or None when it has none."""
+    try:
+        return GenerationConfig.from_pretrained(path).eos_token_id
+    except (OSError, ValueError):
+        try:
+            return AutoConfig.from_pretrained(path).eos_token_id
+        except (OSError, ValueError):
+            return None
 
 
 def end_token_ids(

@@ -382,15 +382,33 @@ PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
 """Sampling options each arm's method sets (Contrast; the pool's second label), not ``sample:``."""
 
 
-NOT_RESULTS = ("batch_size", "sample_batch_size")
-"""Keys of an arm's section that change how fast it runs, not what it computes."""
+ENGINE_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_lora_rank")
+NOT_RESULTS = {
+    "": ("eval_batch_size",),
+    "sample": ("batch_size", "score_batch_size", *ENGINE_KEYS),
+    "eval": ("batch_size", *ENGINE_KEYS),
+    "sft": ("sample_batch_size",),
+    "cd": ("batch_size",),
+}
+"""Options (top level, or keys of a section) that change how fast a stage runs or how it uses
+the hardware, not what it computes: a run resumes with other values. Training batch sizes are
+not among them (they set the global batch)."""
+
+
+def results_settings(settings: dict) -> dict:
+    """A run's settings without the options in :data:`NOT_RESULTS`."""
+    out = {k: v for k, v in settings.items() if k not in NOT_RESULTS[""]}
+    for name, keys in NOT_RESULTS.items():
+        if name and isinstance(out.get(name), dict):
+            out[name] = {k: v for k, v in out[name].items() if k not in keys}
+    return out
 
 
 def arm_settings(cfg: RunConfig, arm: Arm) -> dict:
     """What an arm's results depend on beyond the run's shared settings."""
     kind = METHODS[arm.method].kind
     section = cfg.sft if kind == "sft" else cfg.cd if kind == "cd" else {}
-    own = {k: v for k, v in section.items() if k not in NOT_RESULTS}
+    own = {k: v for k, v in section.items() if k not in NOT_RESULTS[kind]}
     return {"method": arm.method, "amateur": arm.amateur, kind: own}
 
 
@@ -438,7 +456,10 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
         if isinstance(before.get("sample"), dict):  # earlier versions ignored these keys there
             before["sample"] = {k: v for k, v in before["sample"].items() if k not in PER_ARM_SAMPLE_KEYS}
-        before, now = ({k: v for k, v in d.items() if k not in LAUNCH_FIELDS + ARM_FIELDS} for d in (before, resolved))
+        before, now = (
+            {k: v for k, v in results_settings(d).items() if k not in LAUNCH_FIELDS + ARM_FIELDS}
+            for d in (before, resolved)
+        )
         if before != now:
             raise LightReasonerError(
                 f"{run} holds a run with other settings ({'; '.join(setting_changes(before, now))}); "

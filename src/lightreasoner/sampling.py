@@ -9,10 +9,11 @@ distribution at every step) and their steps are selected and labelled.
 ``reference_scoring`` runs one forward per prefix for both models, the way the original
 release scores, and exists to validate the fast path.
 
-With ``backend="vllm"`` (GPU) a vLLM engine generates a rank's trajectories first and is shut
-down; then both models score them in teacher-forced passes, since vLLM returns no
-full-vocabulary logits. Finished problems are committed as they are scored, so a rerun after
-an interruption generates again only the problems not yet committed.
+With ``backend="vllm"`` (GPU) a vLLM engine generates all of a rank's trajectories first and
+is shut down; then both models score them in teacher-forced passes, since vLLM returns no
+full-vocabulary logits. Problems are committed as they are scored: a rerun after an
+interruption generates again the problems not yet committed (all of them if it came during
+generation).
 """
 
 from __future__ import annotations
@@ -281,15 +282,19 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError("--reference-scoring is a check of the hf backend's fast path; use --backend hf")
 
 
-def resolve_backend(cfg: SampleConfig) -> SampleConfig:
+def resolve_backend(cfg: SampleConfig, src_e: ModelSource) -> SampleConfig:
     """With ``--backend vllm`` the expert's distributions come from a teacher-forced pass (vLLM
-    returns no full-vocabulary logits); stop early if vLLM or a GPU is missing."""
+    returns no full-vocabulary logits); stop early if vLLM, a GPU or a usable setting is missing."""
     if cfg.backend != "vllm":
         return cfg
-    from .evaluation.generation import vllm_available
+    from .evaluation.generation import check_engine_options, check_launch, vllm_available
 
+    check_engine_options(cfg.tensor_parallel_size, cfg.gpu_memory_utilization)
+    if src_e.gguf_file:
+        raise LightReasonerError(f"--backend vllm: the expert {cfg.expert} is a GGUF file; use --backend hf")
     if not vllm_available():
         raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible; use --backend hf")
+    check_launch(cfg.tensor_parallel_size)
     if cfg.expert_scoring != "teacher-forced":
         log.info("--backend vllm: the expert's distributions come from a teacher-forced pass")
     return replace(cfg, expert_scoring="teacher-forced")
@@ -298,9 +303,9 @@ def resolve_backend(cfg: SampleConfig) -> SampleConfig:
 def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     """Run stage 1 end to end; returns the summary (also saved beside ``cfg.out``)."""
     validate(cfg)
-    cfg = resolve_backend(cfg)
     problems = load_problems(cfg.data, cfg.question_field, None, cfg.max_problems, cfg.split, cfg.seed)
     src_e = resolve_source(cfg.expert, cfg.allow_pickle, "expert")
+    cfg = resolve_backend(cfg, src_e)
     src_a = resolve_source(cfg.amateur, cfg.allow_pickle, "amateur")
     tok = load_tokenizer(src_e, cfg.trust_remote_code)
     tok_a = load_tokenizer(src_a, cfg.trust_remote_code)
@@ -384,8 +389,8 @@ def _sample_batches(
     ready, generation_s = None, None
     if cfg.backend == "vllm":  # all of this rank's trajectories first; the engine is gone before scoring
         t0 = time.perf_counter()
-        ready = vllm_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."))
-        generation_s = (time.perf_counter() - t0) / max(len(ready), 1)
+        ready = vllm_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."), show_progress)
+        generation_s = (time.perf_counter() - t0) / len(ready)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
     amateur = load_model(src_a, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
     start = 1 if cfg.skip_first_step else 0
@@ -431,23 +436,30 @@ def _sample_batches(
             buffer.clear()
 
     if ready is not None:
-        for i in range(0, len(ready), cfg.score_batch_size):
-            score(ready[i : i + cfg.score_batch_size])
+        for traj in ready:
+            finished(traj)
     else:
         generate_trajectories(
             expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, cfg.batch_size, from_generation, finished
         )
-        if buffer:
-            score(buffer)
+    if buffer:
+        score(buffer)
     bar.close()
 
 
 def vllm_trajectories(
-    cfg: SampleConfig, problems: list[Problem], src: ModelSource, tok: PreTrainedTokenizerBase, dtype: str
+    cfg: SampleConfig,
+    problems: list[Problem],
+    src: ModelSource,
+    tok: PreTrainedTokenizerBase,
+    dtype: str,
+    show_progress: bool,
 ) -> list[Trajectory]:
     """The expert's greedy trajectories from a vLLM engine (same settings as :mod:`decoding`),
     which is shut down before this returns."""
     from .evaluation.generation import VLLMGenerator
+
+    log.info("generating %d trajectories with vLLM; they are scored and committed afterwards", len(problems))
 
     gen = VLLMGenerator(
         src.path,
@@ -460,7 +472,7 @@ def vllm_trajectories(
     )
     try:
         prompts = [encode_prompt(tok, p.question, cfg.system_prompt) for p in problems]
-        comps = gen.generate_ids(prompts)
+        comps = gen.generate_ids(prompts, show_progress)
     finally:
         gen.close()
     return [Trajectory(p, ids, c.ids) for p, ids, c in zip(problems, prompts, comps)]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -20,12 +21,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..decoding import Completion, _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
 from ..distributed import launched
 from ..errors import LightReasonerError
-from ..models import end_token_ids
+from ..models import checkpoint_eos, end_token_ids
 
 log = logging.getLogger(__name__)
 
 VLLM_CHUNK = 2048
-"""Prompts per vLLM call: large enough for continuous batching, small enough to resume."""
+"""Prompts per vLLM call: large enough for continuous batching, small enough that an
+evaluation commits its rows often (it resumes from them)."""
 
 
 @dataclass
@@ -96,9 +98,9 @@ class VLLMGenerator:
     """vLLM greedy decoding (``pip install 'lightreasoner[vllm]'``, CUDA only).
 
     Under a launcher (several processes, one GPU each) every process builds its own
-    single-GPU engine on its GPU: ``CUDA_VISIBLE_DEVICES`` is set to ``LOCAL_RANK`` while
-    the engine starts (vLLM runs its engine in a child process that inherits it), then put
-    back, so this process's own PyTorch still sees every GPU (``cuda:LOCAL_RANK`` is its own).
+    single-GPU engine on its GPU (:func:`own_gpu`). Generation stops at the ids the
+    transformers backend stops at: the checkpoint's generation-config EOS ids, the
+    tokenizer's EOS and the chat end tokens.
     """
 
     def __init__(
@@ -123,15 +125,15 @@ class VLLMGenerator:
             engine.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_slot(adapter))
         with own_gpu(tensor_parallel_size):
             self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
-        self.stops = end_token_ids(self.llm.get_tokenizer().eos_token_id, tokenizer, chat_ends=True)
+        self.stops = end_token_ids(checkpoint_eos(model), tokenizer, chat_ends=True)
         self.params = greedy_sampling_params(max_new_tokens, self.stops)
         self.lora = LoRARequest("adapter", 1, adapter) if adapter else None
 
-    def _outputs(self, prompts: list) -> Iterator[tuple[int, object]]:
+    def _outputs(self, prompts: list[str] | list[dict], progress: bool = False) -> Iterator[tuple[int, Any]]:
         """``(index, CompletionOutput)`` per prompt, in order, :data:`VLLM_CHUNK` prompts per call."""
         for start in range(0, len(prompts), VLLM_CHUNK):
             outs = self.llm.generate(
-                prompts[start : start + VLLM_CHUNK], self.params, lora_request=self.lora, use_tqdm=False
+                prompts[start : start + VLLM_CHUNK], self.params, lora_request=self.lora, use_tqdm=progress
             )
             for i, o in enumerate(outs, start):
                 yield i, o.outputs[0]
@@ -145,15 +147,19 @@ class VLLMGenerator:
                 on_result(i, gen)
         return results
 
-    def generate_ids(self, prompt_ids: list[list[int]]) -> list[Completion]:
+    def generate_ids(self, prompt_ids: list[list[int]], progress: bool = False) -> list[Completion]:
         """Completions of tokenised prompts, as :func:`decoding.greedy_decode` gives them: the
-        ids up to and including the stop id (vLLM keeps a stop token id in ``token_ids``; it is
-        added if a version does not), ``finished`` False when the budget ran out."""
-        comps = []
-        for _, c in self._outputs([{"prompt_token_ids": list(p)} for p in prompt_ids]):
-            ids, finished = list(c.token_ids), c.finish_reason != "length"
-            if finished and (not ids or ids[-1] not in self.stops):
-                ids.append(c.stop_reason if isinstance(c.stop_reason, int) else self.stops[0])
+        ids up to and including the first stop id (vLLM keeps it in ``token_ids``), at most the
+        budget; ``finished`` when the last id is a stop id."""
+        comps: list[Completion] = []
+        for i, c in self._outputs([{"prompt_token_ids": list(p)} for p in prompt_ids], progress):
+            ids = list(c.token_ids)
+            finished = bool(ids) and ids[-1] in self.stops
+            if c.finish_reason not in ("stop", "length") or (c.finish_reason == "stop" and not finished):
+                raise LightReasonerError(
+                    f"vLLM ended prompt {i} with finish_reason {c.finish_reason!r} (stop_reason {c.stop_reason!r}) "
+                    "and no stop id; this vLLM version is not supported for sampling, use --backend hf"
+                )
             comps.append(Completion(ids, finished))
         return comps
 
@@ -177,21 +183,56 @@ def lora_rank_slot(adapter: str) -> int:
     return next((k for k in VLLM_LORA_RANKS if k >= r), r)
 
 
-@contextmanager
-def own_gpu(tensor_parallel_size: int) -> Iterator[None]:
-    """Under a launcher, show a vLLM engine being built only this process's GPU (``LOCAL_RANK``)."""
+def check_engine_options(tensor_parallel_size: int, gpu_memory_utilization: float | None) -> None:
+    if tensor_parallel_size < 1:
+        raise LightReasonerError("--tensor-parallel-size: must be at least 1")
+    if gpu_memory_utilization is not None and not (0 < gpu_memory_utilization <= 1):
+        raise LightReasonerError("--gpu-memory-utilization: must be in (0, 1]")
+
+
+def check_launch(tensor_parallel_size: int) -> None:
+    """Refuse vLLM settings that cannot work under a launcher (one engine per process and GPU)."""
     if not launched():
-        yield
         return
     if tensor_parallel_size > 1:
         raise LightReasonerError(
             "--tensor-parallel-size > 1 under a launcher: use either one process with tensor parallelism, "
             "or one process per GPU (data parallelism), not both"
         )
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        raise LightReasonerError(
+            "VLLM_ENABLE_V1_MULTIPROCESSING=0 under a launcher: each process's engine must run in its own "
+            "child process to see only that process's GPU; unset the variable"
+        )
+
+
+def rank_gpu() -> str:
+    """This process's GPU as ``CUDA_VISIBLE_DEVICES`` names it: entry ``LOCAL_RANK`` of the
+    variable's list (so ``4,5,6,7`` and rank 3 give ``7``), or ``LOCAL_RANK`` when it is unset."""
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return str(rank)
+    ids = [x.strip() for x in visible.split(",") if x.strip()]
+    if rank >= len(ids):
+        raise LightReasonerError(f"LOCAL_RANK {rank} but CUDA_VISIBLE_DEVICES={visible} names {len(ids)} GPUs")
+    return ids[rank]
+
+
+@contextmanager
+def own_gpu(tensor_parallel_size: int) -> Iterator[None]:
+    """Under a launcher, a vLLM engine being built sees only this process's GPU
+    (:func:`rank_gpu`): vLLM starts its engine in a child process, which inherits the
+    variable. It is put back afterwards, and this process's PyTorch is initialised before,
+    so ``cuda:LOCAL_RANK`` stays this process's GPU here."""
+    check_launch(tensor_parallel_size)
+    if not launched():
+        yield
+        return
     if torch.cuda.is_available():
-        torch.cuda.device_count()  # PyTorch's own view (every GPU) is fixed before the variable changes
+        torch.cuda.init()  # PyTorch reads CUDA_VISIBLE_DEVICES once, when CUDA starts
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("LOCAL_RANK", "0")
+    os.environ["CUDA_VISIBLE_DEVICES"] = rank_gpu()
     try:
         yield
     finally:

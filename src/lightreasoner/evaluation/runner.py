@@ -35,7 +35,7 @@ from ..models import (
 )
 from ..prompts import build_prompt
 from .benchmarks import get_benchmark, grade_completion, load_items
-from .generation import Contrastive, HFGenerator, VLLMGenerator, vllm_available
+from .generation import Contrastive, HFGenerator, VLLMGenerator, check_launch, vllm_available
 
 FINGERPRINT = "fingerprint.json"
 DISPLAY = {
@@ -148,12 +148,9 @@ GRADERS = ("toolkit", "strict")
 
 
 def check_vllm_options(cfg: EvalConfig) -> None:
-    from .generation import VLLM_LORA_RANKS
+    from .generation import VLLM_LORA_RANKS, check_engine_options
 
-    if cfg.tensor_parallel_size < 1:
-        raise LightReasonerError("--tensor-parallel-size: must be at least 1")
-    if cfg.gpu_memory_utilization is not None and not (0 < cfg.gpu_memory_utilization <= 1):
-        raise LightReasonerError("--gpu-memory-utilization: must be in (0, 1]")
+    check_engine_options(cfg.tensor_parallel_size, cfg.gpu_memory_utilization)
     if cfg.max_lora_rank is not None and cfg.max_lora_rank not in VLLM_LORA_RANKS:
         raise LightReasonerError(f"--max-lora-rank: vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))}")
 
@@ -221,6 +218,8 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     backend = check_backend(cfg.backend)
     check_contrastive(cfg, backend)
     check_vllm_options(cfg)
+    if backend == "vllm":
+        check_launch(cfg.tensor_parallel_size)
     if cfg.grader not in GRADERS:
         raise LightReasonerError(f"--grader {cfg.grader!r}: choose toolkit or strict")
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
