@@ -41,7 +41,15 @@ class ModelOptions:
 
 
 @dataclass
-class SampleConfig(ModelOptions):
+class EngineOptions(ModelOptions):
+    """Settings of a vLLM engine (``--backend vllm``)."""
+
+    tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
+    gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
+
+
+@dataclass
+class SampleConfig(EngineOptions):
     expert: str = opt(None, "expert model: directory, .gguf file or hub id", required=True)
     amateur: str = opt(None, "amateur model (same tokenizer family)", required=True)
     data: str = opt(None, "problems: JSONL file, reasoning-gym:<task>, or hub dataset name[:config]", required=True)
@@ -68,8 +76,6 @@ class SampleConfig(ModelOptions):
         "hf|vllm: what decodes the expert's trajectories. vllm (GPU, optional) generates them all first, "
         "then both models score them in teacher-forced passes (vLLM gives no full-vocabulary logits)",
     )
-    tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
-    gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
     skip_first_step: bool = opt(True, "skip the first generated position, as the original release does")
     contrast: bool = opt(True, "contrastive labels; --no-contrast uses the expert's own renormalised distribution")
     expert_weights: bool = opt(
@@ -150,7 +156,7 @@ class MergeConfig(ModelOptions):
 
 
 @dataclass
-class EvalConfig(ModelOptions):
+class EvalConfig(EngineOptions):
     model: str = opt(None, "model to evaluate", required=True)
     adapter: str = opt(None, "optional PEFT adapter applied on top of --model")
     benchmarks: str = opt(
@@ -171,8 +177,6 @@ class EvalConfig(ModelOptions):
         "toolkit: the Qwen2.5-Math toolkit's verdicts (comparable with the paper); strict: the same extraction, "
         "correct equivalence (no x100 percentages, exact integers, no article 'A' as a choice)",
     )
-    tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
-    gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
     max_lora_rank: int = opt(
         None, "vLLM: largest adapter rank the engine accepts (default: the adapter's r, rounded up)"
     )
