@@ -194,3 +194,28 @@ def test_growing_layer_holds_what_concatenation_holds():
     assert torch.equal(layer.update(k, k)[0], torch.cat([want_k[rows], k], 2))
     layer.crop(-3)
     assert layer.get_seq_length() == 25
+
+
+def test_output_layer_gets_contiguous_hidden_states(pair):
+    """Prompts of different lengths, decoded and teacher-forced: the output layer's input is
+    always contiguous (a strided slice there can turn oneDNN's bf16 matmul off, see
+    decoding.last_positions)."""
+    model, tok = load_model(str(pair[0])), load_tokenizer(str(pair[0]))
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        prompts = [encode_prompt(tok, q, SAMPLING_SYSTEM_PROMPT) for q in gsm8k_questions(3)]
+        comps = greedy_decode(model, prompts, 6, [], tok.pad_token_id, 0)
+        problems = [Problem(i, q) for i, q in enumerate(gsm8k_questions(3))]
+        trajs = generate_trajectories(model, tok, problems, SAMPLING_SYSTEM_PROMPT, 6)
+        seen.clear()
+        teacher_forced_logits(model, trajs, tok.pad_token_id)
+        forced = list(seen)
+        seen.clear()
+        greedy_decode(model, prompts, 6, [], tok.pad_token_id, 0)
+    finally:
+        hook.remove()
+    assert len(comps) == 3 and forced and seen
+    assert all(h.is_contiguous() for h in forced + seen)
+    assert forced[0].shape[1] == 7  # the positions predicting the 6 generated tokens and the next
+    assert all(h.shape[1] == 1 for h in seen)

@@ -54,6 +54,17 @@ def vllm_engine_args() -> dict:
     return {"generation_config": "vllm"}
 
 
+def last_positions(n: int, length: int, device: torch.device | str) -> torch.Tensor:
+    """``logits_to_keep`` for the last ``n`` of ``length`` positions, as an index tensor ``[n]``.
+
+    With an index tensor the model gathers those hidden states into a new, contiguous tensor
+    before its output layer; with an int it slices them, a strided view. On CPUs, oneDNN's
+    bfloat16 matmul of such a view can ask for batch x hidden x vocab elements (60 GB for 128
+    rows of a 1.5B Qwen), fail, and stay off for the rest of the process, which makes every
+    later bfloat16 matmul about 50 times slower."""
+    return torch.arange(length - n, length, device=device)
+
+
 @dataclass
 class Completion:
     """One decoded sequence: ``ids`` up to and including the first stop id, at most the
@@ -151,7 +162,7 @@ class _Batch:
             position_ids=pos,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=last_positions(1, width, dev),
         )
         new_pos = mask.sum(-1)
         if self.cache is None:

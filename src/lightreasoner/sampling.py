@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
-from .decoding import Completion, greedy_decode
+from .decoding import Completion, greedy_decode, last_positions
 from .distributed import barrier, main_lock, open_shard, shard
 from .errors import LightReasonerError
 from .io import (
@@ -145,8 +145,9 @@ def teacher_forced_logits(model: PreTrainedModel, trajs: list[Trajectory], pad: 
     """
     ids, mask, width, gmax = _batch_tensors(trajs, pad, model.device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = last_positions(gmax + 1, ids.shape[1], ids.device)
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=gmax + 1
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep
     ).logits  # [B, G+1, V]; index j is position width-1+j, predicting generated token j
     return [logits[i, : len(t.generated_ids)] for i, t in enumerate(trajs)]
 
