@@ -204,3 +204,15 @@ def test_a_failing_stage_stops_the_run_with_its_name(pair, tmp_path, capfd):
     assert "--max-problems: must be at least 1" in capfd.readouterr().err  # the stage's own message
     assert (tmp_path / "r" / "eval" / "baseline" / "summary.json").exists()  # finished stages are kept
     assert not (tmp_path / "r" / "trajectories").exists() and not (tmp_path / "r" / "arms").exists()
+
+
+def test_a_killed_stage_says_what_usually_kills_it(pair, tmp_path, monkeypatch):
+    import subprocess
+
+    from lightreasoner.config import EvalConfig
+    from lightreasoner.pipeline import Stage, run_stage
+
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: -9)  # what the kernel's out-of-memory killer leaves
+    stage = Stage("sft: sampling and fine-tuning", "eval", lambda: False)
+    with pytest.raises(LightReasonerError, match=r"exit status -9.*killed \(SIGKILL\).*lower the stage's batch_size"):
+        run_stage(tiny_run(pair, tmp_path / "r"), stage, EvalConfig(model="m", out="o"), tmp_path, quiet=True)

@@ -136,8 +136,15 @@ def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -
     if code != 0:
         raise LightReasonerError(
             f"stage '{stage.name}' failed (exit status {code}; its message is above). "
-            "Fix the cause and run the same command again: finished stages and finished work are kept."
+            + (KILLED_HINT if code in (-9, 137) else "")
+            + "Fix the cause and run the same command again: finished stages and finished work are kept."
         )
+
+
+KILLED_HINT = (
+    "It was killed (SIGKILL), most often by the system running out of memory: lower the stage's batch_size "
+    "(raise grad_accum to keep a training stage's global batch) or set gradient_checkpointing: true. "
+)
 
 
 @dataclass(frozen=True)
