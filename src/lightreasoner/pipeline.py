@@ -123,6 +123,12 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+KILLED_HINT = (
+    "It was killed (SIGKILL), most often by the system running out of memory: lower the stage's batch_size "
+    "(raise grad_accum to keep a training stage's global batch) or set gradient_checkpointing: true. "
+)
+
+
 def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -> None:
     """Run one stage in its own process (so its memory, GPU memory and engines are gone
     when it ends); a failure stops the run with the stage's name and exit status."""
@@ -139,12 +145,6 @@ def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -
             + (KILLED_HINT if code in (-9, 137) else "")
             + "Fix the cause and run the same command again: finished stages and finished work are kept."
         )
-
-
-KILLED_HINT = (
-    "It was killed (SIGKILL), most often by the system running out of memory: lower the stage's batch_size "
-    "(raise grad_accum to keep a training stage's global batch) or set gradient_checkpointing: true. "
-)
 
 
 @dataclass(frozen=True)
@@ -415,7 +415,7 @@ def arm_settings(cfg: RunConfig, arm: Arm) -> dict:
     """What an arm's results depend on beyond the run's shared settings."""
     kind = METHODS[arm.method].kind
     section = cfg.sft if kind == "sft" else cfg.cd if kind == "cd" else {}
-    own = {k: v for k, v in section.items() if k not in NOT_RESULTS[kind]}
+    own = {k: v for k, v in section.items() if k not in NOT_RESULTS.get(kind, ())}
     return {"method": arm.method, "amateur": arm.amateur, kind: own}
 
 
