@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from . import __version__
 from .config import (
+    EffectConfig,
     EvalConfig,
     MergeConfig,
     RunConfig,
@@ -120,6 +121,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_effect(args: argparse.Namespace) -> int:
+    from .precision import run_effect
+
+    fig = run_effect(load_config(EffectConfig, args, "effect"))
+    print(
+        f"adapter changes the argmax at {fig['changed_fp32']} of {fig['positions']} positions in float32; "
+        f"{fig['path']} base differs from float32 at {fig['floor']} (the noise floor); "
+        f"{fig['path']} reproduces {fig['reproduced']} of the {fig['changed_fp32']} changes"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.runner import evaluate, markdown_table
 
@@ -209,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         SFTConfig,
     )
     add("merge", cmd_merge, "merge a LoRA adapter into its base model", MergeConfig)
+    add(
+        "effect",
+        cmd_effect,
+        "how many predictions an adapter changes in float32, against bf16 rounding (teacher-forced)",
+        EffectConfig,
+    )
     add("eval", cmd_eval, "zero-shot pass@1 on math benchmarks, graded like the Qwen2.5-Math toolkit", EvalConfig)
     p = add(
         "run",

@@ -156,6 +156,22 @@ class MergeConfig(ModelOptions):
 
 
 @dataclass
+class EffectConfig(ModelOptions):
+    """The adapter's effect on predictions against bf16 rounding (:mod:`lightreasoner.precision`)."""
+
+    model: str = opt(None, "base model", required=True)
+    adapter: str = opt(None, "PEFT adapter directory", required=True)
+    completions: str = opt(
+        None, "evaluation folder of the base model: its completions are teacher-forced", required=True
+    )
+    out: str = opt(None, "JSON file with the figures", required=True)
+    problems: int = opt(24, "first N problems of the evaluation folder")
+    positions: int = opt(96, "first N completion tokens of each problem")
+    merged: bool = opt(True, "the path under test merges the adapter into the weights (as eval --adapter does)")
+    system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message the completions were made with")
+
+
+@dataclass
 class EvalConfig(EngineOptions):
     model: str = opt(None, "model to evaluate", required=True)
     adapter: str = opt(None, "optional PEFT adapter applied on top of --model")
@@ -226,6 +242,10 @@ class RunConfig(ModelOptions):
     sft: dict = opt({}, "options of the sft arm (any option of `lightreasoner sft`)")
     cd: dict = opt({}, "options of the cd arm (cd_alpha, cd_beta)")
     eval: dict = opt({}, "options for every evaluation")
+    effect_problems: int = opt(
+        24, "adapter effect check: baseline completions teacher-forced per tuned arm, fp32 vs the eval dtype (0: off)"
+    )
+    effect_positions: int = opt(96, "adapter effect check: completion tokens per problem")
 
 
 def read_yaml(path: str | Path) -> dict:

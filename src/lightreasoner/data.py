@@ -1,4 +1,5 @@
-"""Problem sources: JSONL files, Hugging Face datasets and reasoning-gym generators.
+"""Problem sources: the packaged GSM8K, JSONL files, Hugging Face datasets and reasoning-gym
+generators.
 
 Every source yields :class:`Problem` objects; ``index`` is the problem's position in
 the source and is what resumable jobs use to know what is done.
@@ -6,6 +7,7 @@ the source and is what resumable jobs use to know what is done.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from pathlib import Path
 from .errors import LightReasonerError
 
 REASONING_GYM_PREFIX = "reasoning-gym:"
+PACKAGED = {"gsm8k:train": "gsm8k/train.jsonl.gz", "gsm8k:test": "gsm8k/test.jsonl.gz"}
+"""Sources shipped inside the package (GSM8K, MIT licence: ``packaged/gsm8k/README.md``)."""
 
 
 @dataclass
@@ -24,11 +28,17 @@ class Problem:
     where: str = ""  # "file:line" or "dataset row i", for error messages
 
 
+def packaged_path(name: str) -> Path:
+    """The file of a packaged source (``gsm8k:train``, ``gsm8k:test``): gzip-compressed JSONL."""
+    return Path(__file__).parent / "packaged" / PACKAGED[name]
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; errors name file and line."""
+    """Yield ``(line_number, object)`` for each non-blank line (``.gz`` files are read
+    compressed); errors name file and line."""
     path = Path(path)
     try:
-        f = path.open(encoding="utf-8")
+        f = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")  # noqa: SIM115
     except OSError as e:
         raise LightReasonerError(f"{path}: cannot open ({e.strerror})") from e
     with f:
@@ -61,12 +71,14 @@ def load_problems(
     split: str = "train",
     seed: int = 0,
 ) -> list[Problem]:
-    """Problems from a JSONL path, ``reasoning-gym:<task>`` or a hub dataset (``name[:config]``)."""
+    """Problems from a packaged source (``gsm8k:train``, ``gsm8k:test``: the first
+    ``max_problems`` in the file's order), a JSONL path (``.jsonl.gz`` too),
+    ``reasoning-gym:<task>`` or a hub dataset (``name[:config]``)."""
     if source.startswith(REASONING_GYM_PREFIX):
         return reasoning_gym_problems(source[len(REASONING_GYM_PREFIX) :], max_problems or 100, seed)
-    path = Path(source)
+    path = packaged_path(source) if source in PACKAGED else Path(source)
     problems: list[Problem] = []
-    if path.suffix in (".jsonl", ".json") or path.exists():
+    if source in PACKAGED or path.suffix in (".jsonl", ".json", ".gz") or path.exists():
         if not path.is_file():
             raise LightReasonerError(f"{source}: no such file")
         for lineno, obj in iter_jsonl(path):

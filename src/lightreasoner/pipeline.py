@@ -26,7 +26,17 @@ from pathlib import Path
 
 import yaml
 
-from .config import EvalConfig, LoraOptions, RunConfig, SampleConfig, SFTConfig, TrainConfig, build, read_yaml
+from .config import (
+    EffectConfig,
+    EvalConfig,
+    LoraOptions,
+    RunConfig,
+    SampleConfig,
+    SFTConfig,
+    TrainConfig,
+    build,
+    read_yaml,
+)
 from .errors import LightReasonerError
 from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors, setting_changes
 
@@ -38,6 +48,8 @@ QUICK = {
     "eval_max_new_tokens": 96,
     "sample": {"max_new_tokens": 32},
     "train": {"max_steps": 4, "save_steps": 1000},
+    "effect_problems": 2,
+    "effect_positions": 16,
 }
 """Overrides of ``--quick``: a smoke test of every stage in a few minutes."""
 
@@ -348,6 +360,22 @@ def stage_configs(cfg: RunConfig) -> dict:
             entry["eval"] = evaluation(arm.eval, arm.label, model=str(run / "merged"))
         else:  # the adapter is merged into the expert in memory, as `merge` would
             entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, adapter=str(arm.adapter))
+            if cfg.effect_problems and not arm.legacy:
+                entry["effect"] = build(
+                    EffectConfig,
+                    {
+                        **common,
+                        "model": cfg.expert,
+                        "adapter": str(arm.adapter),
+                        "completions": str(run / "eval" / "baseline"),
+                        "out": str(arm.dir / EFFECT_FILE),
+                        "problems": cfg.effect_problems,
+                        "positions": cfg.effect_positions,
+                        **({"system_prompt": cfg.eval["system_prompt"]} if "system_prompt" in cfg.eval else {}),
+                    },
+                    {},
+                    source="run config",
+                )
         arms[arm.id] = entry
     return {
         "baseline": evaluation(run / "eval" / "baseline", "Baseline", model=cfg.expert),
@@ -358,22 +386,26 @@ def stage_configs(cfg: RunConfig) -> dict:
 
 
 def check_disjoint(cfg: RunConfig) -> int:
-    """Generated training and test problems must not overlap; returns the test problems checked."""
-    from .data import REASONING_GYM_PREFIX, load_problems
-    from .evaluation.benchmarks import load_items
+    """Training and test problems that load offline (generated, or the packaged GSM8K) must
+    not share a question; returns the test problems checked."""
+    from .data import PACKAGED, REASONING_GYM_PREFIX, load_problems
+    from .evaluation.benchmarks import get_benchmark, load_items
 
-    generated = [b for b in cfg.benchmarks.split(",") if b.strip().startswith(REASONING_GYM_PREFIX)]
-    if not generated or not cfg.data.startswith(REASONING_GYM_PREFIX):
+    def offline(name: str) -> bool:
+        return name.startswith(REASONING_GYM_PREFIX) or (cfg.data_dir is None and bool(get_benchmark(name).packaged))
+
+    tests = [b.strip() for b in cfg.benchmarks.split(",") if b.strip() and offline(b.strip())]
+    if not tests or not (cfg.data.startswith(REASONING_GYM_PREFIX) or cfg.data in PACKAGED):
         return 0
     train_q = {p.question for p in load_problems(cfg.data, max_problems=cfg.max_problems, seed=cfg.seed)}
     checked = 0
-    for b in generated:
-        test_q = [it.question for it in load_items(b.strip(), None, cfg.eval_limit, cfg.eval_seed)]
+    for b in tests:
+        test_q = [it.question for it in load_items(b, None, cfg.eval_limit, cfg.eval_seed)]
         overlap = train_q.intersection(test_q)
         if overlap:
             raise LightReasonerError(
-                f"{len(overlap)} of the {b} test problems (seed {cfg.eval_seed}) are also training problems "
-                f"(seed {cfg.seed}); choose other seeds"
+                f"{len(overlap)} of the {b} test problems are also training problems ({cfg.data}); "
+                + ("choose other seeds" if b.startswith(REASONING_GYM_PREFIX) else "choose other training data")
             )
         checked += len(test_q)
     return checked
@@ -385,6 +417,7 @@ ARM_FIELDS = ("methods", "amateurs", "sft", "cd")
 """Run options that add arms: a finished run may take more arms later. The settings of one
 arm (its method, amateur and ``sft``/``cd`` section) are checked by the arm (``arm.yaml``)."""
 ARM_FILE = "arm.yaml"
+EFFECT_FILE = "effect.json"
 PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
 """Sampling options each arm's method sets (Contrast; the pool's second label), not ``sample:``."""
 
@@ -523,6 +556,9 @@ def plan_stages(configs: dict) -> list[tuple[Stage, object]]:
             stages.append((Stage(name, "sft", _summary_exists(arm.adapter, SFT_SUMMARY), arm=arm), entry["sft"]))
         name = "tuned evaluation" if legacy else f"{arm_id}: evaluation"
         stages.append((Stage(name, "eval", _summary_exists(arm.eval), arm=arm), entry["eval"]))
+        if "effect" in entry:
+            done = lambda p=entry["effect"].out: Path(p).exists()  # noqa: E731
+            stages.append((Stage(f"{arm_id}: adapter effect", "effect", done, False, arm), entry["effect"]))
     return stages
 
 

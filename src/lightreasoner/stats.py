@@ -76,3 +76,59 @@ def paired_difference(
 
 def verdict(p_value: float, alpha: float = 0.05) -> str:
     return f"significant at {alpha}" if p_value < alpha else f"not significant at {alpha} (could be noise)"
+
+
+def _log_binom_pmf(k: np.ndarray, n: int, p: float) -> np.ndarray:
+    """log P(K = k) for K ~ Binomial(n, p), elementwise over integer ``k``."""
+    if p <= 0.0 or p >= 1.0:
+        hit = k == (0 if p <= 0.0 else n)
+        return np.where(hit, 0.0, -np.inf)
+    lg = np.vectorize(math.lgamma)
+    return lg(n + 1) - lg(k + 1) - lg(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+
+
+def mcnemar_critical(d: int, alpha: float = 0.05) -> int:
+    """Largest ``k`` such that ``min(gains, losses) <= k`` among ``d`` discordant problems is
+    significant (exact two-sided McNemar p <= ``alpha``); -1 when no split is."""
+    tail, k = 0, -1
+    for i in range(d // 2 + 1):
+        tail += math.comb(d, i)
+        if 2 * tail / 2**d > alpha:
+            break
+        k = i
+    return k
+
+
+def mcnemar_power(n: int, discordant: float, delta: float, alpha: float = 0.05) -> float:
+    """Probability that the exact McNemar test at ``alpha`` finds an improvement of
+    ``delta`` (a share, 0.06 = 6 points) on ``n`` paired problems, of which a share
+    ``discordant`` (gains + losses) have different verdicts. Counts rejections in the
+    direction of the improvement only."""
+    if not 0 < discordant <= 1 or delta <= 0:
+        return 0.0
+    if delta > discordant:
+        raise ValueError("an improvement cannot exceed the share of discordant problems")
+    p_gain = (discordant + delta) / 2 / discordant  # a discordant problem is a gain
+    ds = np.arange(n + 1)
+    p_d = np.exp(_log_binom_pmf(ds, n, discordant))
+    power = 0.0
+    for d in ds[p_d > 1e-12]:
+        k = mcnemar_critical(int(d), alpha)
+        if k < 0:
+            continue
+        losses = np.arange(k + 1)  # gains = d - losses >= d - k
+        power += p_d[d] * float(np.exp(_log_binom_pmf(int(d) - losses, int(d), p_gain)).sum())
+    return float(power)
+
+
+def minimum_detectable_effect(n: int, discordant: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Smallest improvement (points) that :func:`mcnemar_power` detects with probability
+    ``power``, given ``n`` problems and a discordant share; ``inf`` when none up to the
+    discordant share does (found by bisection to 0.01 points)."""
+    if n == 0 or discordant <= 0 or mcnemar_power(n, discordant, discordant, alpha) < power:
+        return math.inf
+    lo, hi = 0.0, discordant
+    while (hi - lo) * 100 > 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if mcnemar_power(n, discordant, mid, alpha) >= power else (mid, hi)
+    return 100 * hi

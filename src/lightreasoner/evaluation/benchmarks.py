@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import REASONING_GYM_PREFIX, iter_jsonl, reasoning_gym_problems
+from ..data import REASONING_GYM_PREFIX, iter_jsonl, packaged_path, reasoning_gym_problems
 from ..errors import LightReasonerError
 from .grading import CHOICE_LETTERS, extract_answer, last_boxed, normalize
 
@@ -40,6 +40,7 @@ class Benchmark:
     strip_units: bool = True
     multiple: Callable[[dict], bool] = lambda ex: False
     hub: tuple[str, str | None, str] | None = None  # (repo, config, split) with the same fields
+    packaged: str | None = None  # a source shipped in the package, used without --data-dir
 
     def item(self, ex: dict, index: int) -> Item:
         q = self.question(ex).strip()
@@ -86,6 +87,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             lambda ex: ex["question"],
             lambda ex: ex["answer"].split("####")[-1].strip(),
             hub=("openai/gsm8k", "main", "test"),
+            packaged="gsm8k:test",
         ),
         Benchmark("math", lambda ex: ex["problem"], _boxed_solution),
         Benchmark(
@@ -120,7 +122,8 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def load_items(name: str, data_dir: str | Path | None, limit: int | None = None, seed: int = 0) -> list[Item]:
-    """Items of one benchmark from ``data_dir/<name>/test.jsonl``, or the hub without it.
+    """Items of one benchmark from ``data_dir/<name>/test.jsonl``; without it, from the
+    package (GSM8K) or the hub.
 
     ``reasoning-gym:<task>`` generates ``limit`` (default 100) problems with ``seed``.
     """
@@ -129,8 +132,8 @@ def load_items(name: str, data_dir: str | Path | None, limit: int | None = None,
         return [Item(str(p.index), p.question, normalize(p.answer or "")) for p in problems]
     bench = get_benchmark(name)
     rows: list[tuple[str, dict]] = []
-    if data_dir is not None:
-        path = Path(data_dir) / name / "test.jsonl"
+    if data_dir is not None or bench.packaged:
+        path = Path(data_dir) / name / "test.jsonl" if data_dir is not None else packaged_path(bench.packaged)
         if not path.exists():
             raise LightReasonerError(f"benchmark {name}: {path} does not exist")
         for lineno, ex in iter_jsonl(path):
