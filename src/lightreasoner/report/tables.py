@@ -1,4 +1,4 @@
-"""The run report: ``report.md``, ``report.json`` and PNG plots in the run directory.
+"""The figures of the run report (``report.json``) and ``report.md``.
 
 Tables in the paper's shapes: main results (a row per arm), every difference from the
 baseline with its 95% CI and McNemar p-value, efficiency (every trained arm), ablations
@@ -17,11 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig
-from .evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
-from .io import atomic_write_json, atomic_write_text
-from .records import summary_path
-from .stats import bootstrap_ci, paired_difference, verdict
+from ..config import RunConfig
+from ..evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
+from ..records import summary_path
+from ..stats import bootstrap_ci, paired_difference, verdict
 
 PACKAGES = (
     "lightreasoner",
@@ -51,7 +50,7 @@ def versions() -> dict[str, str]:
 def hardware(cfg: RunConfig) -> dict[str, str]:
     """Where the report was written: the device and the dtype that ``--dtype`` resolves to
     there (``auto`` is bf16 on CPUs with native bf16 and fp32 on others), and the processor."""
-    from .models import resolve_device, resolve_dtype
+    from ..models import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     cpu = platform.processor() or platform.machine()
@@ -72,7 +71,7 @@ def hardware(cfg: RunConfig) -> dict[str, str]:
     return out
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
@@ -112,8 +111,8 @@ def accuracy_ci(folder: str | Path, names: list[str]) -> dict:
 def efficiency(entry: dict, arm_fig: dict) -> dict | None:
     """Total time = sampling + fine-tuning (seconds inside the stages, model loading excluded),
     sampled problems and tuned tokens of a trained arm."""
-    from .sft import SFT_SUMMARY
-    from .training import TRAIN_SUMMARY
+    from ..sft import SFT_SUMMARY
+    from ..training import TRAIN_SUMMARY
 
     arm = entry["arm"]
     if "train" in entry:
@@ -241,163 +240,6 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
     }
 
 
-def stage_owner(stage: str) -> tuple[str, str]:
-    """``(row, kind)`` of a stage name for the time plot: the arm it belongs to ("shared"
-    for the baseline, amateur evaluations and pools) and what it did."""
-    legacy = {"sampling": "sampling", "selection": "selection", "fine-tuning": "fine-tuning", "merge": "merge"}
-    if stage in legacy or stage == "tuned evaluation":
-        return "lightr", legacy.get(stage, "evaluation")
-    if ": " in stage:
-        arm, what = stage.split(": ", 1)
-        return arm, what
-    return "shared", "sampling" if stage.startswith("trajectories") else "evaluation"
-
-
-KIND_COLORS = {
-    "sampling": "#2f6fb0",
-    "selection": "#8fb8de",
-    "fine-tuning": "#e08e45",
-    "sampling and fine-tuning": "#b5651d",
-    "merge": "#9aa5b1",
-    "evaluation": "#5a9e6f",
-}
-
-
-def plot(run: Path, fig: dict) -> list[str]:
-    """accuracy.png, stage_times.png, and when the run has them kl_histogram.png,
-    ablations.png, gap.png; returns their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    names = fig["benchmarks"]
-    columns = [display_name(n) for n in names] + ["AVG."]
-    rows = [("Baseline", fig["baseline"])] + [(a["label"], a) for a in fig["arms"].values()]
-    f, ax = plt.subplots(figsize=(max(6.0, (0.9 + 0.35 * len(rows)) * len(columns) + 2), 4.2))
-    width = 0.8 / len(rows)
-    cmap = plt.get_cmap("tab10")
-    for j, (label, r) in enumerate(rows):
-        avg = r["average"]["accuracy"] if isinstance(r["average"], dict) else r["average"]
-        acc = [r["results"][n]["accuracy"] for n in names] + [avg]
-        ci = [r["accuracy_ci95"][n] for n in names] + [r["accuracy_ci95"]["AVG."]]
-        err = [[a - lo for a, (lo, _) in zip(acc, ci)], [hi - a for a, (_, hi) in zip(acc, ci)]]
-        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(columns))]
-        color = "#9aa5b1" if j == 0 else cmap((j - 1) % 10)
-        ax.bar(xs, acc, width, yerr=err, capsize=2, label=label, color=color, error_kw={"linewidth": 0.8})
-    ax.set_xticks(range(len(columns)), columns)
-    ax.set_ylabel("zero-shot pass@1 (%), 95% CI")
-    ax.set_ylim(0, 105)
-    ax.set_title("Accuracy per arm")
-    ax.legend(frameon=False, fontsize=8, ncol=2)
-    f.tight_layout()
-    f.savefig(run / "accuracy.png", dpi=150)
-    plt.close(f)
-    made.append("accuracy.png")
-
-    lightr = fig["arms"].get("lightr")
-    if lightr and lightr.get("selection"):
-        sel = lightr["selection"]
-        hist, beta = sel["kl_histogram"], sel["beta"]
-        f, ax = plt.subplots(figsize=(6, 3.8))
-        if hist["counts"]:
-            edges = hist["edges"]
-            ax.bar(
-                edges[:-1],
-                hist["counts"],
-                width=[b - a for a, b in zip(edges[:-1], edges[1:])],
-                align="edge",
-                color="#2f6fb0",
-                edgecolor="white",
-                linewidth=0.3,
-            )
-        if isinstance(beta, (int, float)) and beta > float("-inf"):
-            ax.axvline(beta, color="#c0392b", linestyle="--", label=f"β = {beta:g}")
-            ax.legend(frameon=False)
-        ax.set_title(f"Per-step KL(expert ‖ amateur): {100 * sel['selected_share']:.1f}% of steps selected")
-        ax.set_xlabel("KL divergence (nats)")
-        ax.set_yscale("log")
-        ax.set_ylabel("steps (log scale)")
-        f.tight_layout()
-        f.savefig(run / "kl_histogram.png", dpi=150)
-        plt.close(f)
-        made.append("kl_histogram.png")
-
-    ablations = [fig["arms"][a] for a in ABLATIONS if a in fig["arms"]]
-    if len(ablations) > 1:
-        f, ax = plt.subplots(figsize=(6.5, 3.8))
-        gains = [a["average"]["delta"] for a in ablations]
-        err = [
-            [g - a["average"]["ci95"][0] for g, a in zip(gains, ablations)],
-            [a["average"]["ci95"][1] - g for g, a in zip(gains, ablations)],
-        ]
-        labels = [a["label"].replace("+ LightR ", "").replace("+ LightR", "LightR") for a in ablations]
-        bars = ax.bar(labels, gains, yerr=err, capsize=4, color="#2f6fb0")
-        ax.bar_label(bars, fmt="%+.1f", fontsize=8, padding=2)
-        ax.axhline(0, color="black", linewidth=0.6)
-        low = min([0.0] + [a["average"]["ci95"][0] for a in ablations])
-        high = max([0.0] + [a["average"]["ci95"][1] for a in ablations])
-        pad = max(1.0, 0.15 * (high - low))  # room for the labels on both sides of zero
-        ax.set_ylim(low - pad, high + pad)
-        ax.set_ylabel("AVG. gain over baseline (points), 95% CI")
-        ax.set_title("Ablations")
-        ax.tick_params(axis="x", labelsize=8)
-        f.tight_layout()
-        f.savefig(run / "ablations.png", dpi=150)
-        plt.close(f)
-        made.append("ablations.png")
-
-    points = [(tag, a) for tag, a in fig["amateurs"].items() if a["gain"]]
-    if points:
-        f, ax = plt.subplots(figsize=(6, 4))
-        for tag, a in points:
-            g = a["gain"]
-            ax.errorbar(
-                a["perf_gap"],
-                g["delta"],
-                yerr=[[g["delta"] - g["ci95"][0]], [g["ci95"][1] - g["delta"]]],
-                fmt="o",
-                capsize=4,
-                color="#2f6fb0",
-            )
-            ax.annotate(tag, (a["perf_gap"], g["delta"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xlabel("expertise gap: expert − amateur accuracy (points)")
-        ax.set_ylabel("LightReasoner gain (points), 95% CI")
-        ax.set_title("Gain against the expertise gap")
-        f.tight_layout()
-        f.savefig(run / "gap.png", dpi=150)
-        plt.close(f)
-        made.append("gap.png")
-
-    owners: dict[str, list[tuple[str, float]]] = {}
-    for stage, secs in fig["stage_seconds"].items():
-        row, kind = stage_owner(stage)
-        owners.setdefault(row, []).append((kind, secs / 60))
-    f, ax = plt.subplots(figsize=(7, 0.5 * len(owners) + 1.6))
-    seen = set()
-    for i, parts in enumerate(owners.values()):
-        left = 0.0
-        for kind, minutes in parts:
-            label = None if kind in seen else kind
-            seen.add(kind)
-            ax.barh(i, minutes, left=left, color=KIND_COLORS.get(kind, "#777777"), label=label)
-            left += minutes
-        ax.text(left, i, f" {_hms(60 * left)}", va="center", fontsize=8)
-    ax.set_yticks(range(len(owners)), list(owners))
-    ax.invert_yaxis()
-    ax.set_xlabel("minutes")
-    ax.set_xlim(0, max([sum(m for _, m in p) for p in owners.values()] + [0.1]) * 1.3)
-    ax.set_title("Time per stage and arm")
-    ax.legend(frameon=False, fontsize=8)
-    f.tight_layout()
-    f.savefig(run / "stage_times.png", dpi=150)
-    plt.close(f)
-    made.append("stage_times.png")
-    return made
-
-
 def _strict_lines(fig: dict) -> list[str]:
     """Accuracy by the strict grader, where it differs from the table's (toolkit) figures."""
     rows = [("Baseline", fig["baseline"]["results"])] + [(a["label"], a["results"]) for a in fig["arms"].values()]
@@ -430,8 +272,8 @@ def efficiency_table(fig: dict) -> str:
         if e["problems_attempted"] != e["sampled_problems"]:
             problems += f" (of {e['problems_attempted']} attempted)"
         lines.append(
-            f"| {a['label']} | {_hms(e['total_seconds'])} | {_hms(e['sampling_seconds'])} | "
-            f"{_hms(e['fine_tuning_seconds'])} | {problems} | {e['tuned_tokens']:,} | {_ci(a['average'])} |"
+            f"| {a['label']} | {hms(e['total_seconds'])} | {hms(e['sampling_seconds'])} | "
+            f"{hms(e['fine_tuning_seconds'])} | {problems} | {e['tuned_tokens']:,} | {_ci(a['average'])} |"
         )
     return "\n".join(lines)
 
@@ -569,8 +411,8 @@ def markdown(fig: dict) -> str:
         "",
         "| Stage | Time |",
         "|---|---|",
-        *[f"| {s} | {_hms(t)} |" for s, t in fig["stage_seconds"].items()],
-        f"| **total** | {_hms(sum(fig['stage_seconds'].values()))} |",
+        *[f"| {s} | {hms(t)} |" for s, t in fig["stage_seconds"].items()],
+        f"| **total** | {hms(sum(fig['stage_seconds'].values()))} |",
         "",
         "![time per stage](stage_times.png)",
         "",
@@ -612,13 +454,3 @@ def strict_json(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return [strict_json(v) for v in obj]
     return obj
-
-
-def write_report(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int = 0) -> dict:
-    """``configs``: the stage configs of :func:`lightreasoner.pipeline.stage_configs` (where outputs are)."""
-    fig = gather(run, cfg, configs, timings, disjoint_checked)
-    fig["verdicts"] = verdicts(fig)
-    fig["plots"] = plot(run, fig)
-    atomic_write_json(run / "report.json", strict_json(fig))
-    atomic_write_text(run / "report.md", markdown(fig))
-    return fig
