@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def kill_env(after: int, stage: str | None = None, rank: int | None = None) -> dict[str, str]:
+    """Environment for a subprocess that SIGKILLs itself right after its ``after``-th commit
+    (of ``stage``, on rank ``rank``): see :mod:`lightreasoner.faults`."""
+    env = {"LIGHTREASONER_KILL_AFTER": f"{stage}:{after}" if stage else str(after)}
+    return env | ({"LIGHTREASONER_KILL_RANK": str(rank)} if rank is not None else {})
+
+
 @pytest.fixture(scope="session")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
     """(expert_dir, amateur_dir): tiny random Qwen2 / Llama models sharing a tokenizer."""

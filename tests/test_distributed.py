@@ -2,13 +2,11 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, kill_env
 
 from lightreasoner.cli import main
 from lightreasoner.distributed import shard
@@ -92,11 +90,6 @@ def test_sampling_is_byte_identical_with_two_processes_when_each_problem_runs_al
     assert one.read_text() == two.read_text() and one.read_text()
 
 
-def running(pid: int) -> bool:
-    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
-    return bool(state) and not state.startswith("Z")
-
-
 def finished_problems(out) -> int:
     """Problems the shards of ``out`` list as finished so far."""
     logs = list(out.parent.glob(out.name + "*.progress"))
@@ -105,19 +98,10 @@ def finished_problems(out) -> int:
 
 def test_a_rank_killed_mid_sampling_then_resumed_with_one_process(pair, data, one_process_samples, tmp_path):
     out = tmp_path / "s.jsonl"
-    proc = launch(sample_args(pair, data, out))
-    deadline = time.time() + 120
-    while finished_problems(out) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)  # the launcher's workers
-    pids = [int(x) for x in ranks.stdout.split()]
-    assert len(pids) == 2 and not out.exists(), "the run ended before a rank could be killed"
-    os.kill(pids[-1], signal.SIGKILL)  # one rank dies; the launcher then stops the other
-    assert proc.wait() != 0
-    deadline = time.time() + 60
-    while any(running(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(running(p) for p in pids), "a rank outlived the run"
+    proc = launch(sample_args(pair, data, out), env=kill_env(2, "sample", rank=1))  # rank 1 dies after 2 commits
+    assert proc.wait() != 0  # the launcher then stops the other rank and waits for it
+    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, "a rank outlived the run"  # the launcher started a session of its own
     assert 2 <= finished_problems(out) < 9  # shards hold part of the work
     assert main(sample_args(pair, data, out)) == 0  # resumed by one process
     same_records(lines(one_process_samples), lines(out))

@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import gsm8k_questions
+from conftest import gsm8k_questions, kill_env
 from test_resume import records, run_cli
 
 from lightreasoner import io
@@ -59,8 +58,9 @@ def _ecfg(pair, out, **kw):
 
 @pytest.fixture
 def live_holder(tmp_path):
-    """A lock file owned by a live process of this host (another writer)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A lock file owned by a live process of this host (another writer): it waits on its
+    stdin, so it lives until the test ends it, however long the test takes."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     yield lambda output: (output.parent / (output.name + ".lock")).write_text(
         json.dumps({"pid": proc.pid, "host": socket.gethostname(), "since": "now"})
     )
@@ -205,11 +205,9 @@ def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path,
     full = tmp_path / "full"
     assert run_cli([*args, "--out", str(full)]).wait() == 0
     out = tmp_path / "out"
-    proc = run_cli([*args, "--out", str(out)])
-    time.sleep(random.Random(seed).uniform(1.0, 6.0))
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    after = random.Random(seed).randint(1, 12)  # the 12th commit is the last: killed before the summary
+    killed = run_cli([*args, "--out", str(out)], env={**os.environ, **kill_env(after, "eval")})
+    assert killed.communicate() and killed.returncode == -signal.SIGKILL
     resumed = run_cli([*args, "--out", str(out)])
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log
@@ -237,11 +235,11 @@ def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_pat
     path.write_text(yaml.safe_dump(cfg))
     full, out = tmp_path / "full", tmp_path / "out"
     assert run_cli(["run", "-q", "--config", str(path), "--out", str(full)]).wait() == 0
-    proc = run_cli(["run", "-q", "--config", str(path), "--out", str(out)])
-    time.sleep(random.Random(seed).uniform(3.0, 12.0))
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stage, after = random.Random(seed).choice([("eval", 1), ("eval", 3), ("sample", 2), ("train", 2)])
+    env = {**os.environ, **kill_env(after, stage)}
+    killed = run_cli(["run", "-q", "--config", str(path), "--out", str(out)], env=env)
+    log = killed.communicate()[0].decode()
+    assert killed.returncode != 0 and "killed (SIGKILL)" in log, log  # a stage killed itself; the run stopped
     resumed = run_cli(["run", "-q", "--config", str(path), "--out", str(out)])
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log

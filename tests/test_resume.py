@@ -1,13 +1,13 @@
-"""Kill a real `lightreasoner sample` process with SIGKILL and resume it."""
+"""A real `lightreasoner sample` process killed by SIGKILL (at a chosen commit) and resumed."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import kill_env
 
 
 def run_cli(args, **kw):
@@ -48,18 +48,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(pair, tmp_path, min_done)
 
     out = tmp_path / "out.jsonl"
     progress = tmp_path / "out.jsonl.progress"
-    proc = run_cli([*common, "--out", str(out)])
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if progress.exists() and progress.read_text().count("\n") > min_done:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = run_cli([*common, "--out", str(out)], env={**os.environ, **kill_env(min_done, "sample")})
+    log = killed.communicate()[0].decode()
+    assert killed.returncode == -signal.SIGKILL, log  # it killed itself right after its min_done-th commit
     assert not out.exists()  # nothing published yet
-    done_before = progress.read_text().count("\n") - 1
-    assert 0 < done_before < 10
+    assert progress.read_text().count("\n") - 1 == min_done
 
     resumed = run_cli([*common, "--out", str(out)])
     log = resumed.communicate()[0].decode()

@@ -6,11 +6,10 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, kill_env
 
 from lightreasoner.config import SFTConfig
 from lightreasoner.data import Problem, load_problems
@@ -96,9 +95,10 @@ def sft_cli_args(pair, data, out):
     ]  # fmt: skip
 
 
-def run_sft(args) -> subprocess.Popen:
+def run_sft(args, env: dict | None = None) -> subprocess.Popen:
     code = f"{FAKE_GRADER}; import sys; from lightreasoner.cli import main; sys.exit(main({args!r}))"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
 def adapter_weights(folder):
@@ -136,11 +136,9 @@ def test_sft_end_to_end(sft_full):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sft_killed_at_a_random_moment_resumes_to_the_same_result(pair, problems_file, sft_full, tmp_path, seed):
     out = tmp_path / "out"
-    proc = run_sft(sft_cli_args(pair, problems_file, out))
-    time.sleep(random.Random(seed).uniform(2.0, 9.0))
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stage, after = random.Random(seed).choice([("sft", 1), ("sft", 5), ("train", 2), ("train", 3)])
+    killed = run_sft(sft_cli_args(pair, problems_file, out), env=kill_env(after, stage))
+    assert killed.communicate() and killed.returncode == -signal.SIGKILL
     resumed = run_sft(sft_cli_args(pair, problems_file, out))
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import faults
 from .data import iter_jsonl
 from .errors import LightReasonerError
 from .io import append_synced, atomic_write_bytes, atomic_write_json, fingerprint_diff, read_json_lines
@@ -44,6 +45,13 @@ class SoftLabelRecord:
     expert: str | None = None
     amateur: str | None = None
     expert_weights: list[float] | None = None  # the label without the contrast (see ``--expert-weights``)
+    # for the report's view: the token the expert chose at this step, and the expert's and the
+    # amateur's likeliest tokens with the plausible set, with both models' probabilities
+    next_token_id: int | None = None
+    top_ids: list[int] | None = None
+    top_tokens: list[str] | None = None
+    top_expert_probs: list[float] | None = None
+    top_amateur_probs: list[float] | None = None
 
     @property
     def is_exact(self) -> bool:
@@ -96,9 +104,11 @@ class ResumableWriter:
     the finished records of all shards into ``OUT`` in problem order and removes the shards.
     """
 
-    def __init__(self, out: str | Path, fingerprint: dict, overwrite: bool = False, rank: int = 0):
+    def __init__(
+        self, out: str | Path, fingerprint: dict, overwrite: bool = False, rank: int = 0, stage: str = "sample"
+    ):
         self.out = Path(out)
-        self.rank = rank
+        self.rank, self.stage = rank, stage  # stage: the name the test kill hook (:mod:`faults`) counts under
         stem = self.out.name if rank == 0 else f"{self.out.name}.rank{rank}"
         self.partial = self.out.with_name(stem + ".partial")
         self.progress = self.out.with_name(stem + ".progress")
@@ -194,6 +204,7 @@ class ResumableWriter:
         entry = {"index": index, "records": len(recs), **stats}
         append_synced(self.progress, json.dumps(entry) + "\n")
         self.done[index] = entry
+        faults.committed(self.stage)
 
     def refresh(self) -> None:
         """Read the other shards' progress again (after the other ranks finished)."""

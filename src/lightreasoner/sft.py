@@ -186,7 +186,7 @@ def clear(out: Path) -> None:
 def sample_solutions(cfg: SFTConfig, model, tok, problems: list[Problem], golds: dict, path: Path, show: bool) -> dict:
     """Sample and grade solutions of every problem not yet done; publishes ``path`` and
     returns the sampling summary."""
-    writer, rank, world = open_shard(path, sampling_fingerprint(cfg), overwrite=False)
+    writer, rank, world = open_shard(path, sampling_fingerprint(cfg), overwrite=False, stage="sft")
     if writer.complete:
         return json.loads(summary_path(path).read_text())
     k = cfg.samples_per_problem

@@ -35,7 +35,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
-from .config import LoraOptions, TrainConfig
+from . import faults
+from .config import LoraOptions, TrainConfig, installed_name, trainer_arg_names
 from .contrast import soft_label_kl
 from .distributed import is_main, main_lock, single_device_warning
 from .errors import LightReasonerError
@@ -212,6 +213,7 @@ class SeenTrainer(Trainer):
         if self.is_world_process_zero():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             atomic_write_json(folder / SEEN_RECORDS, sorted(seen))
+        faults.committed("train")  # the test kill hook: after a whole checkpoint
 
     def load_seen(self, checkpoint: str | None) -> None:
         path = Path(checkpoint) / SEEN_RECORDS if checkpoint else None
@@ -312,7 +314,9 @@ def training_arguments(
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=not show_progress,
     )
-    args = TrainingArguments(**{**base, **cfg.trainer_args})
+    known = trainer_arg_names()
+    extra = {installed_name(k, known): v for k, v in cfg.trainer_args.items()}  # also for configs built in Python
+    args = TrainingArguments(**{**base, **extra})
     if args.n_gpu > 1:
         log.warning(single_device_warning(args.n_gpu))
         args._n_gpu = 1
