@@ -61,3 +61,40 @@ def test_compare_prints_ci_and_p_and_refuses_other_problems(tmp_path, capsys):
     fake_eval(tmp_path / "other", "other", [1] * 20, ids=[str(i + 1) for i in range(20)])
     assert main(["compare", str(tmp_path / "base"), str(tmp_path / "other")]) == 2
     assert "different problems" in capsys.readouterr().err
+
+
+def test_mcnemar_power_by_hand():
+    from lightreasoner.stats import mcnemar_critical, mcnemar_power
+
+    # 5 discordant: even 5/0 gives p = 2/32 > 0.05; 6 discordant: only 6/0 is significant
+    assert mcnemar_critical(5) == -1 and mcnemar_critical(6) == 0
+    assert mcnemar_critical(10) == 1  # 2 * (1 + 10) / 1024 = 0.021; with 2 losses 0.109
+    # every problem discordant, a gain with probability 3/4: power = P(6 gains of 6) = 0.75^6
+    assert mcnemar_power(6, 1.0, 0.5) == pytest.approx(0.75**6)
+    assert mcnemar_power(100, 0.1, 0.0) == 0.0
+
+
+def test_mcnemar_power_matches_a_simulation():
+    import numpy as np
+
+    from lightreasoner.stats import mcnemar_power
+
+    rng = np.random.default_rng(0)
+    n, disc, delta, hits, trials = 60, 0.3, 0.15, 0, 3000
+    for _ in range(trials):
+        d = rng.binomial(n, disc)
+        gains = rng.binomial(d, (disc + delta) / 2 / disc)
+        hits += (
+            gains > d - gains
+            and mcnemar_exact([1] * gains + [0] * (d - gains), [0] * gains + [1] * (d - gains)) <= 0.05
+        )
+    assert mcnemar_power(n, disc, delta) == pytest.approx(hits / trials, abs=0.03)
+
+
+def test_minimum_detectable_effect():
+    from lightreasoner.stats import mcnemar_power, minimum_detectable_effect
+
+    mde = minimum_detectable_effect(400, 0.15)
+    assert 4.0 < mde < 7.0 and mcnemar_power(400, 0.15, mde / 100) >= 0.8 > mcnemar_power(400, 0.15, mde / 100 - 0.005)
+    assert minimum_detectable_effect(200, 0.15) > mde  # fewer problems: a larger effect is needed
+    assert minimum_detectable_effect(10, 0.05) == float("inf")  # nothing up to the discordant share is detectable
