@@ -217,6 +217,7 @@ def test_resume_refuses_checkpoints_of_other_inputs(pair, samples, tmp_path):
 def test_trainer_arguments_pass_through_yaml_and_flags(pair, tmp_path, monkeypatch, capsys):
     import lightreasoner.training as training
     from lightreasoner.cli import main
+    from lightreasoner.config import installed_name, trainer_arg_names
     from lightreasoner.training import training_arguments
 
     cfg_file = tmp_path / "t.yaml"
@@ -228,10 +229,11 @@ def test_trainer_arguments_pass_through_yaml_and_flags(pair, tmp_path, monkeypat
     assert main(args) == 0
     cfg = seen["cfg"]
     assert cfg.batch_size == 2
-    want = {"warmup_steps": 0.1, "weight_decay": 0.01, "lr_scheduler_type": "cosine", "activation_checkpointing": True}
+    ckpt = installed_name("activation_checkpointing", trainer_arg_names())  # gradient_checkpointing before 5.21
+    want = {"warmup_steps": 0.1, "weight_decay": 0.01, "lr_scheduler_type": "cosine", ckpt: True}
     assert cfg.trainer_args == want
     targs = training_arguments(cfg, tmp_path / "o", torch.float32, torch.device("cpu"), False)
-    assert targs.warmup_steps == 0.1 and targs.weight_decay == 0.01 and targs.activation_checkpointing
+    assert targs.warmup_steps == 0.1 and targs.weight_decay == 0.01 and targs.gradient_checkpointing
     assert targs.lr_scheduler_type == "cosine" and targs.per_device_train_batch_size == 2
 
     for bad, message in [
@@ -266,5 +268,72 @@ def test_shipped_fsdp_and_deepspeed_configs_parse():
         with pytest.raises(LightReasonerError, match="deepspeed"):
             build(TrainConfig, section(read_yaml(ds), "train", ("train",)), req, source=str(ds))
     else:
-        cfg = build(TrainConfig, section(read_yaml(ds), "train", ("train",)), req, source=str(ds))
-        assert cfg.trainer_args["deepspeed"].endswith("zero2.json")
+        from transformers.integrations import get_available_reporting_integrations
+
+        if "tensorboard" not in get_available_reporting_integrations():  # the header says pip install tensorboard
+            with pytest.raises(LightReasonerError, match="pip install tensorboard"):
+                build(TrainConfig, section(read_yaml(ds), "train", ("train",)), req, source=str(ds))
+        else:
+            cfg = build(TrainConfig, section(read_yaml(ds), "train", ("train",)), req, source=str(ds))
+            assert cfg.trainer_args["deepspeed"].endswith("zero2.json")
+    assert "pip install deepspeed tensorboard" in ds.read_text()
+
+
+REQUIRED = {"model": "m", "samples": "s", "output_dir": "o"}
+
+
+@pytest.mark.parametrize("name", ["activation_checkpointing", "gradient_checkpointing"])
+def test_either_checkpointing_name_reaches_the_installed_field(name, tmp_path):
+    from lightreasoner.config import TRAINER_ARG_ALIASES, build, trainer_arg_names
+    from lightreasoner.training import training_arguments
+
+    known = trainer_arg_names()
+    installed = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    from_file = build(TrainConfig, {name: True, f"{name}_kwargs": {"use_reentrant": False}}, REQUIRED)
+    flag = "--" + name.replace("_", "-")
+    from_flag = build(TrainConfig, {}, REQUIRED, extra_flags=[flag])
+    from_flag_value = build(TrainConfig, {}, REQUIRED, extra_flags=[f"{flag}=true"])
+    for cfg in (from_file, from_flag, from_flag_value):
+        assert cfg.trainer_args[installed] is True and not set(cfg.trainer_args) - {installed, f"{installed}_kwargs"}
+        args = training_arguments(cfg, tmp_path, torch.float32, torch.device("cpu"), False)
+        assert args.gradient_checkpointing is True  # the name the Trainer reads in every version
+    assert from_file.trainer_args[f"{installed}_kwargs"] == {"use_reentrant": False}
+    assert set(TRAINER_ARG_ALIASES) | set(TRAINER_ARG_ALIASES.values()) >= {installed}
+
+
+def test_report_to_a_missing_integration_is_refused_before_training(monkeypatch):
+    import transformers.integrations
+
+    from lightreasoner.config import build
+
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: [])
+    with pytest.raises(LightReasonerError, match=r"report_to tensorboard: not installed \(pip install tensorboard\)"):
+        build(TrainConfig, {"report_to": "tensorboard"}, REQUIRED, source="t.yaml")
+    with pytest.raises(LightReasonerError, match="--report-to: report_to wandb"):
+        build(TrainConfig, {}, REQUIRED, extra_flags=["--report-to", "wandb"])
+    assert build(TrainConfig, {"report_to": "none"}, REQUIRED).trainer_args == {"report_to": "none"}
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    assert build(TrainConfig, {"report_to": ["tensorboard"]}, REQUIRED).trainer_args == {"report_to": ["tensorboard"]}
+
+
+def test_checking_trainer_arguments_touches_no_gpu_nor_process_group(monkeypatch):
+    """`lightreasoner run` checks every stage's TrainingArguments fields up front: that must not
+    set a CUDA device (a context on GPU 0 for the whole run), start accelerate's state or leave
+    environment variables behind (TrainingArguments.__post_init__ sets up devices)."""
+    import os
+
+    from accelerate import PartialState
+
+    from lightreasoner.config import build
+
+    def no_gpu(*a, **k):
+        raise AssertionError("a CUDA device was set up")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", no_gpu)
+    monkeypatch.setattr(torch.cuda, "current_device", no_gpu)
+    state, env = dict(PartialState._shared_state), dict(os.environ)
+    cfg = build(TrainConfig, {"warmup_steps": 0.1, "torch_compile": True}, REQUIRED)
+    assert cfg.trainer_args == {"warmup_steps": 0.1, "torch_compile": True}
+    assert dict(PartialState._shared_state) == state and dict(os.environ) == env

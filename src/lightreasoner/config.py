@@ -7,11 +7,13 @@ stages (``sample:``, ``train:``, ...) as a ``run`` config does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -23,6 +25,11 @@ from .errors import LightReasonerError
 from .prompts import EVAL_SYSTEM_PROMPT, SAMPLING_SYSTEM_PROMPT
 
 T = TypeVar("T")
+
+GROUP_SIZE = 64
+"""Problems per work unit of sample and eval (see :mod:`distributed`)."""
+SFT_GROUP_SIZE = 16
+"""Problems per work unit of the SFT baseline's sampling (times its samples per problem)."""
 
 
 def opt(default: Any, help: str, **kw) -> Any:
@@ -60,11 +67,15 @@ class SampleConfig(EngineOptions):
     beta: float = opt(0.4, "keep steps with KL(expert||amateur) >= beta (nats); -inf keeps all")
     alpha: float = opt(0.2, "plausible tokens: p_E >= alpha * max p_E")
     max_new_tokens: int = opt(128, "trajectory length (prefix termination)")
-    batch_size: int = opt(16, "most trajectories generated together (0: as many as fit in memory)")
+    group_size: int = opt(
+        GROUP_SIZE,
+        "problems per work unit: each group is generated, scored and committed on its own, so the records "
+        "do not depend on the number of processes or on interruptions",
+    )
+    batch_size: int = opt(16, "most trajectories of a group generated together (0: the whole group, as fits in memory)")
     score_batch_size: int = opt(
         4,
-        "finished trajectories scored together in one teacher-forced pass; 1: each alone, so that its labels "
-        "do not depend on the problems it shares a batch with",
+        "finished trajectories of a group scored together in one teacher-forced pass (1: each alone)",
     )
     expert_scoring: str = opt(
         "generation",
@@ -73,8 +84,9 @@ class SampleConfig(EngineOptions):
     )
     backend: str = opt(
         "hf",
-        "hf|vllm: what decodes the expert's trajectories. vllm (GPU, optional) generates them all first, "
-        "then both models score them in teacher-forced passes (vLLM gives no full-vocabulary logits)",
+        "hf|vllm|auto: what decodes the expert's trajectories. vllm (GPU, optional) generates them all first, "
+        "then both models score them in teacher-forced passes (vLLM gives no full-vocabulary logits); "
+        "auto: vllm where it is installed, a GPU visible and it can serve the run, else hf",
     )
     skip_first_step: bool = opt(True, "skip the first generated position, as the original release does")
     contrast: bool = opt(True, "contrastive labels; --no-contrast uses the expert's own renormalised distribution")
@@ -143,7 +155,12 @@ class SFTConfig(LoraOptions):
     max_new_tokens: int = opt(512, "most tokens per sampled solution")
     keep_per_problem: int = opt(4, "most distinct correct solutions kept per problem")
     target_problems: int = opt(None, "stop sampling once this many problems have a kept solution")
-    sample_batch_size: int = opt(0, "most solutions decoded together (0: as many as fit in memory)")
+    group_size: int = opt(
+        SFT_GROUP_SIZE,
+        "problems per work unit of the sampling (each with --samples-per-problem solutions), decoded and "
+        "committed on its own: the solutions do not depend on the number of processes or on interruptions",
+    )
+    sample_batch_size: int = opt(0, "most solutions of a group decoded together (0: the whole group, as fits)")
     system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message: the evaluation's, so answers come boxed")
     overwrite: bool = opt(False, "discard solutions and checkpoints already in --output-dir and start again")
 
@@ -181,7 +198,14 @@ class EvalConfig(EngineOptions):
     data_dir: str = opt(None, "folder with <benchmark>/test.jsonl files (default: hub)")
     limit: int = opt(None, "first N problems of each benchmark")
     max_new_tokens: int = opt(1024, "generation budget per problem")
-    batch_size: int = opt(0, "most problems decoded together (0: as many as fit in memory; halved on out-of-memory)")
+    group_size: int = opt(
+        GROUP_SIZE,
+        "problems per work unit (per benchmark): each group is decoded and committed on its own, so the rows "
+        "do not depend on the number of processes or on interruptions",
+    )
+    batch_size: int = opt(
+        0, "most problems of a group decoded together (0: the whole group, as fits in memory; halved on out-of-memory)"
+    )
     backend: str = opt("auto", "auto|hf|vllm")
     out: str = opt(None, "output folder", required=True)
     name: str = opt(None, "row name in tables (default: the model's folder name)")
@@ -313,16 +337,93 @@ def trainer_arg_names() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
+TRAINER_ARG_ALIASES = {
+    "activation_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+}
+"""New name -> old name of TrainingArguments fields renamed across the transformers versions we
+support (``activation_checkpointing`` is new in 5.21; 5.21+ keep ``gradient_checkpointing`` as
+a deprecated alias). Either name is accepted and the installed one is passed."""
+
+
+def installed_name(name: str, known: set[str]) -> str:
+    """``name`` or its alias (:data:`TRAINER_ARG_ALIASES`, either direction), whichever the
+    installed ``TrainingArguments`` has; the newer name when both exist."""
+    pairs = {**TRAINER_ARG_ALIASES, **{old: new for new, old in TRAINER_ARG_ALIASES.items()}}
+    other = pairs.get(name)
+    if other is None:
+        return name
+    new = name if name in TRAINER_ARG_ALIASES else other
+    return new if new in known else (name if name in known else other)
+
+
+def _rename_flag(token: str, known: set[str]) -> str:
+    """``--activation-checkpointing[=v]`` as the installed field's flag (other tokens unchanged)."""
+    if not token.startswith("--"):
+        return token
+    name, eq, value = token[2:].partition("=")
+    field_name = installed_name(name.replace("-", "_"), known)
+    if field_name == name.replace("-", "_"):
+        return token
+    return "--" + field_name.replace("_", "-") + eq + value
+
+
+REPORT_TO_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+"""pip packages of common ``report_to`` integrations (for the error message)."""
+
+
+def check_report_to(value: Any, where: str) -> None:
+    """Refuse ``report_to`` integrations whose package is missing now, not when the Trainer starts."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = [value] if isinstance(value, str) else list(value or [])
+    missing = [n for n in names if n not in ("none", "all") and n not in get_available_reporting_integrations()]
+    if missing:
+        install = " ".join(REPORT_TO_PACKAGES.get(n, n) for n in missing)
+        raise LightReasonerError(
+            f"{where}: report_to {', '.join(missing)}: not installed (pip install {install}), "
+            "or remove report_to"
+        )
+
+
+@contextlib.contextmanager
+def _environ_kept() -> Iterator[None]:
+    """Undo the environment variables a ``TrainingArguments`` sets (e.g. for torch_compile)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def parse_only_arguments() -> type:
+    """A ``TrainingArguments`` that checks its fields without setting up devices: no CUDA
+    context, no process group, no accelerate state (``TrainingArguments.__post_init__`` reads
+    ``self.device``, whose setup calls ``torch.cuda.set_device`` and builds a ``PartialState``)."""
+    import torch
+    from transformers import TrainingArguments
+
+    class ParseOnlyArguments(TrainingArguments):
+        @property
+        def _setup_devices(self) -> torch.device:
+            self._n_gpu, self.distributed_state = 0, None
+            return torch.device("cpu")
+
+    return ParseOnlyArguments
+
+
 def trainer_args(file_values: dict, flag_values: list[str], source: str, ours: Iterable[str] = ()) -> dict:
     """Typed ``TrainingArguments`` fields from YAML keys and ``--name value`` flags, checked
     by the Trainer's own parser; an unknown or reserved name is an error that names it."""
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import HfArgumentParser
 
-    from_file = {k.replace("-", "_"): v for k, v in file_values.items()}
+    known = trainer_arg_names()
+    from_file = {installed_name(k.replace("-", "_"), known): v for k, v in file_values.items()}
+    flag_values = [_rename_flag(t, known) for t in flag_values]
     from_flags = [t[2:].split("=", 1)[0].replace("-", "_") for t in flag_values if t.startswith("--")]
     if flag_values and not from_flags:
         raise LightReasonerError(f"unexpected argument(s): {' '.join(flag_values)}")
-    known = trainer_arg_names()
     for name, where in [*((k, source) for k in from_file), *((k, "--" + k.replace("_", "-")) for k in from_flags)]:
         if name in TRAINER_ARGS_OURS:
             instead = TRAINER_ARGS_OURS[name]
@@ -334,19 +435,23 @@ def trainer_args(file_values: dict, flag_values: list[str], source: str, ours: I
             raise LightReasonerError(
                 f"{where}: unknown option {name!r} (not an option of this stage nor a TrainingArguments field{hint})"
             )
-    parser = HfArgumentParser(TrainingArguments)
+    parser = HfArgumentParser(parse_only_arguments())
     try:
-        if from_file:
-            parser.parse_dict({"output_dir": "unused", **copy.deepcopy(from_file)})  # it fills dicts in place
-        parsed = {}
-        if from_flags:
-            (args,) = parser.parse_args_into_dataclasses(args=["--output_dir", "unused", *flag_values])
-            parsed = {k: getattr(args, k) for k in from_flags}
-            parsed = {k: v.value if isinstance(v, Enum) else v for k, v in parsed.items()}  # plain YAML/JSON values
+        with _environ_kept():
+            if from_file:
+                parser.parse_dict({"output_dir": "unused", **copy.deepcopy(from_file)})  # it fills dicts in place
+            parsed = {}
+            if from_flags:
+                (args,) = parser.parse_args_into_dataclasses(args=["--output_dir", "unused", *flag_values])
+                parsed = {k: getattr(args, k) for k in from_flags}
+                parsed = {k: v.value if isinstance(v, Enum) else v for k, v in parsed.items()}  # plain YAML/JSON
     except (ValueError, TypeError, ImportError, SystemExit) as e:  # ImportError: e.g. deepspeed not installed
         where = " ".join(flag_values) if from_flags else source
         raise LightReasonerError(f"{where}: not valid TrainingArguments ({e})") from None
-    return {**from_file, **parsed}
+    values = {**from_file, **parsed}
+    if "report_to" in values:
+        check_report_to(values["report_to"], "--report-to" if "report_to" in from_flags else source)
+    return values
 
 
 def build(

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
 from . import faults
-from .config import LoraOptions, TrainConfig
+from .config import LoraOptions, TrainConfig, installed_name, trainer_arg_names
 from .contrast import soft_label_kl
 from .distributed import is_main, main_lock, single_device_warning
 from .errors import LightReasonerError
@@ -314,7 +314,9 @@ def training_arguments(
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=not show_progress,
     )
-    args = TrainingArguments(**{**base, **cfg.trainer_args})
+    known = trainer_arg_names()
+    extra = {installed_name(k, known): v for k, v in cfg.trainer_args.items()}  # also for configs built in Python
+    args = TrainingArguments(**{**base, **extra})
     if args.n_gpu > 1:
         log.warning(single_device_warning(args.n_gpu))
         args._n_gpu = 1
