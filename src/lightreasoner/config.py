@@ -326,6 +326,7 @@ TRAINER_ARGS_OURS = {
     "fp16": "--dtype",
     "use_cpu": "--device",
     "remove_unused_columns": None,
+    "ddp_timeout": "the environment variable LIGHTREASONER_DIST_TIMEOUT (seconds; every stage's process group)",
 }
 """TrainingArguments fields set from our own options (or fixed): not accepted as pass-through."""
 

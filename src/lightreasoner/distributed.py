@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from .errors import LightReasonerError
 from .io import OutputLock
 from .records import ResumableWriter
 
@@ -25,13 +26,36 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+TIMEOUT_ENV = "LIGHTREASONER_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 24 * 3600
+"""How long a rank may wait at a barrier or collective (seconds): a rank whose share is done
+waits there for the slowest rank, possibly for hours (torch's NCCL default is 10 minutes)."""
+
+
+def timeout_s() -> int:
+    """The process group's timeout: ``$LIGHTREASONER_DIST_TIMEOUT`` seconds, else 24 hours. The
+    Trainer gets the same (``ddp_timeout``): it cannot change the group once it exists."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = int(float(value))
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise LightReasonerError(f"${TIMEOUT_ENV}={value!r}: expected a number of seconds (at least 1)")
+    return seconds
+
+
 def state():
-    """accelerate's ``PartialState`` (initialises the process group under a launcher: NCCL
-    with GPUs, gloo on CPUs)."""
+    """accelerate's ``PartialState``; under a launcher its first call creates the process group
+    (NCCL with GPUs, gloo on CPUs) with :func:`timeout_s`."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s()))
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, se
 from . import faults
 from .config import LoraOptions, TrainConfig, installed_name, trainer_arg_names
 from .contrast import soft_label_kl
-from .distributed import is_main, main_lock, single_device_warning
+from .distributed import is_main, main_lock, single_device_warning, timeout_s
 from .errors import LightReasonerError
 from .io import atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
@@ -313,6 +313,7 @@ def training_arguments(
         remove_unused_columns=False,
         dataloader_pin_memory=device.type == "cuda",
         disable_tqdm=not show_progress,
+        ddp_timeout=timeout_s(),  # the process group's own (created before the Trainer; it cannot change it)
     )
     known = trainer_arg_names()
     extra = {installed_name(k, known): v for k, v in cfg.trainer_args.items()}  # also for configs built in Python
