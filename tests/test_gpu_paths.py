@@ -37,3 +37,68 @@ def test_the_process_group_timeout_is_long_configurable_and_reaches_the_trainer(
         monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
         with pytest.raises(LightReasonerError, match="expected a number of seconds"):
             distributed.timeout_s()
+
+
+class FakeClock:
+    """Seconds that move only when a test says so."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _foreign_lock(output, mtime: float):
+    """A lock left on ``output`` by a process of another host, last refreshed at ``mtime``."""
+    import json
+    import os
+
+    lock = output.with_name(output.name + ".lock")
+    lock.write_text(json.dumps({"pid": 1, "host": "node-17.cluster", "since": "earlier", "token": "theirs"}))
+    os.utime(lock, (mtime, mtime))
+    return lock
+
+
+def test_a_lock_of_another_host_is_stale_once_not_refreshed_for_the_threshold(tmp_path, caplog):
+    from lightreasoner.io import OutputLock
+
+    clock = FakeClock()
+    out = tmp_path / "samples.jsonl"
+    lock = _foreign_lock(out, clock.now)
+    clock.now += 299  # refreshed 299 s ago: its holder may be alive
+    with pytest.raises(LightReasonerError) as refused:
+        OutputLock(out, refresh_every=3600, stale_after=300, clock=clock).acquire()
+    message = str(refused.value)
+    assert "node-17.cluster" in message and "refreshed 299 s ago" in message
+    assert "taken over once it has not been refreshed for 5 minutes" in message and f"delete {lock}" in message
+    clock.now += 2  # 301 s: a job killed on another node (e.g. by a Slurm time limit)
+    with OutputLock(out, refresh_every=3600, stale_after=300, clock=clock) as mine:
+        assert "has not refreshed it for 5 minutes" in caplog.text
+        assert '"token": "theirs"' not in lock.read_text() and lock.stat().st_mtime == clock.now
+        assert mine._thread.is_alive()
+    assert not lock.exists() and mine._thread is None  # released: file gone, refresher stopped
+
+
+def test_the_holder_refreshes_its_lock_and_only_its_own(tmp_path):
+    from lightreasoner.io import OutputLock
+
+    clock = FakeClock()
+    out = tmp_path / "eval"
+    holder = OutputLock(out, refresh_every=3600, stale_after=300, clock=clock).acquire()
+    clock.now += 250
+    holder.refresh()  # what its thread does every refresh_every seconds
+    assert holder.path.stat().st_mtime == clock.now
+    clock.now += 250  # 500 s after taking it, 250 s after the refresh: still held
+    with pytest.raises(LightReasonerError, match="another lightreasoner process"):
+        OutputLock(out, refresh_every=3600, stale_after=300, clock=clock).acquire()
+    holder._stop.set()  # frozen holder (e.g. a hung node): others take over after the threshold
+    clock.now += 100
+    other = OutputLock(out, refresh_every=3600, stale_after=300, clock=clock).acquire()
+    clock.now += 50
+    holder.refresh()  # the old holder wakes up: it does not touch the lock it lost
+    assert holder.path.stat().st_mtime == clock.now - 50
+    holder.release()  # nor remove it
+    assert other.path.exists()
+    other.release()
+    assert not other.path.exists()

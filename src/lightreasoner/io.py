@@ -4,7 +4,9 @@
   temporary file, fsync, rename, fsync of the folder: readers see the old file or the whole
   new one, and after a crash the new one is on disk.
 - :func:`append_synced`: append and fsync (crash-safe logs and per-problem outputs).
-- :class:`OutputLock`: one writer per output; a second one stops at once, naming the holder.
+- :class:`OutputLock`: one writer per output; a second one stops at once, naming the holder;
+  the lock of a killed job is taken over (its process is gone from this host, or, on any
+  host, it has not been refreshed for 5 minutes).
 - :func:`file_fingerprint` / :func:`model_fingerprint` / :func:`fingerprint_diff` /
   :func:`setting_changes`: what an output was made from, so a resume with other inputs is
   refused with the fields (and, for settings, the old and new values) named.
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -146,18 +149,40 @@ def _alive(pid: int) -> bool:
 
 
 class OutputLock:
-    """An exclusive lock on an output: ``<output>.lock`` holding the owner's pid and host,
-    created atomically (``O_EXCL``). A lock left by a dead process of this host is taken
-    over with a notice; any other is an error naming its holder."""
+    """An exclusive lock on an output: ``<output>.lock`` holding the owner's pid, host and a
+    token, created atomically (``O_EXCL``). While held, a thread refreshes its modification
+    time every ``refresh_every`` seconds. A lock is stale, and taken over with a notice, when
+    its process is gone from this host, or on any host when it has not been refreshed for
+    ``stale_after`` seconds (its holder was killed, e.g. by a scheduler's time limit on
+    another node). Any other lock is an error naming its holder and the way out. ``clock``
+    gives the current time in seconds (the file system's clock); tests inject their own."""
 
-    def __init__(self, output: str | Path):
+    REFRESH_EVERY = 60.0
+    STALE_AFTER = 300.0
+
+    def __init__(
+        self,
+        output: str | Path,
+        refresh_every: float = REFRESH_EVERY,
+        stale_after: float = STALE_AFTER,
+        clock: Callable[[], float] = time.time,
+    ):
         output = Path(output)
         self.path = output.with_name(output.name + ".lock")
         self.held = False
+        self.refresh_every, self.stale_after, self.clock = refresh_every, stale_after, clock
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def acquire(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "token": self.token,
+        }
         for _ in range(3):
             try:
                 fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -166,23 +191,71 @@ class OutputLock:
                 if owner is None:
                     time.sleep(0.05)  # being written right now: look again
                     owner = self._owner()
-                stale = owner is None or (owner.get("host") == me["host"] and not _alive(int(owner.get("pid", -1))))
-                if not stale:
-                    raise LightReasonerError(
-                        f"{self.path}: another lightreasoner process (pid {owner.get('pid')} on {owner.get('host')}, "
-                        f"since {owner.get('since')}) is writing this output. Wait for it to finish, stop it, or "
-                        "choose another output."
-                    ) from None
-                log.warning("%s: taking over the lock of a process that is no longer running (%s)", self.path, owner)
+                why = self._stale(owner, me["host"])
+                if why is None:
+                    raise LightReasonerError(self._held_message(owner)) from None
+                log.warning("%s: taking over the lock of a process that %s (%s)", self.path, why, owner)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
                 f.flush()
                 os.fsync(f.fileno())
+            self.refresh()
             self.held = True
+            self._start_refreshing()
             return self
         raise LightReasonerError(f"{self.path}: could not take the lock (it keeps changing hands)")
+
+    def _age(self) -> float | None:
+        """Seconds since the lock was last refreshed (None: it is gone)."""
+        try:
+            return self.clock() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _stale(self, owner: dict | None, host: str) -> str | None:
+        """Why the lock of ``owner`` may be taken over, or None when it is held."""
+        if owner is None:
+            return "left an empty lock"
+        if owner.get("host") == host and not _alive(int(owner.get("pid", -1))):
+            return "is no longer running"
+        age = self._age()
+        if age is None:
+            return "has just released it"
+        if age > self.stale_after:
+            return f"has not refreshed it for {age / 60:.0f} minutes (it was killed)"
+        return None
+
+    def _held_message(self, owner: dict) -> str:
+        age = self._age() or 0.0
+        return (
+            f"{self.path}: another lightreasoner process (pid {owner.get('pid')} on {owner.get('host')}, "
+            f"since {owner.get('since')}, lock refreshed {age:.0f} s ago) is writing this output. Wait for it to "
+            "finish, stop it, or choose another output. If that process is gone (e.g. its job was killed on "
+            f"another node), the lock is taken over once it has not been refreshed for {self.stale_after / 60:g} "
+            f"minutes; or delete {self.path} if you are sure nothing writes this output."
+        )
+
+    def refresh(self) -> None:
+        """Mark the lock as alive now, if it is still ours (it may have been taken over)."""
+        owner = self._owner()
+        if owner is None or owner.get("token") != self.token:
+            return
+        now = self.clock()
+        try:
+            os.utime(self.path, (now, now))
+        except OSError as e:
+            log.warning("%s: could not refresh the lock (%s)", self.path, e)
+
+    def _start_refreshing(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._keep_fresh, name=f"lock {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _keep_fresh(self) -> None:
+        while not self._stop.wait(self.refresh_every):
+            self.refresh()
 
     def _owner(self) -> dict | None:
         try:
@@ -191,8 +264,14 @@ class OutputLock:
             return None
 
     def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         if self.held:
-            self.path.unlink(missing_ok=True)
+            owner = self._owner()
+            if owner is None or owner.get("token") in (None, self.token):  # not a lock taken over from us
+                self.path.unlink(missing_ok=True)
             self.held = False
 
     def __enter__(self) -> OutputLock:
