@@ -102,3 +102,28 @@ def test_the_holder_refreshes_its_lock_and_only_its_own(tmp_path):
     assert other.path.exists()
     other.release()
     assert not other.path.exists()
+
+
+def test_a_run_across_several_nodes_is_refused_at_once_with_the_per_stage_recipe(tmp_path):
+    from pathlib import Path
+
+    from lightreasoner.config import RunConfig
+    from lightreasoner.pipeline import run_experiment
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "2-nodes-8-gpus.yaml"
+    out = tmp_path / "run"
+    for values, where in [
+        ({"launch": {"num_machines": 2, "main_process_ip": "10.0.0.1"}}, "launch: num_machines is 2"),
+        ({"accelerate_config": str(shipped)}, f"{shipped}: num_machines is 2"),
+    ]:
+        with pytest.raises(LightReasonerError) as refused:
+            run_experiment(build(RunConfig, {"out": str(out), **values}, {}))
+        assert where in str(refused.value) and "configs/slurm/lightreasoner.sbatch" in str(refused.value)
+        assert not out.exists()  # refused before taking the run's lock or writing anything
+    one_node = tmp_path / "one-node.yaml"
+    one_node.write_text('{"num_machines": 1, "num_processes": 8}')  # JSON configs too
+    from lightreasoner.pipeline import launch_machines
+
+    assert launch_machines(build(RunConfig, {"accelerate_config": str(one_node)}, {})) == 1
+    over = {"accelerate_config": str(one_node), "launch": {"num_machines": 3}}  # launch: wins, as on the command line
+    assert launch_machines(build(RunConfig, over, {})) == 3

@@ -508,6 +508,36 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
             )
 
 
+MULTI_NODE_RECIPE = (
+    "`lightreasoner run` starts its stages on this node only (a run started on another node would "
+    "be refused by the run's lock), so it cannot span several nodes. Run the stages one by one instead, "
+    "each through one `accelerate launch` per node: configs/slurm/lightreasoner.sbatch does this with "
+    "srun (eval, sample, train, merge on one process, eval, compare); or drop num_machines to use the GPUs "
+    "of this node (--num-processes N)."
+)
+
+
+def launch_machines(cfg: RunConfig) -> int:
+    """How many nodes the stages' ``accelerate launch`` would span (``launch:`` or the accelerate config)."""
+    file_values: dict = {}
+    if cfg.accelerate_config:
+        loaded = yaml.safe_load(Path(cfg.accelerate_config).read_text(encoding="utf-8"))  # YAML or JSON
+        file_values = loaded if isinstance(loaded, dict) else {}
+    value = cfg.launch.get("num_machines", file_values.get("num_machines", 1))
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise LightReasonerError(f"launch: num_machines {value!r}: expected a number") from None
+
+
+def check_one_node(cfg: RunConfig) -> None:
+    """Refuse a run whose stages would span several nodes, with the per-stage recipe."""
+    machines = launch_machines(cfg)
+    if machines > 1:
+        where = "launch: num_machines" if "num_machines" in cfg.launch else f"{cfg.accelerate_config}: num_machines"
+        raise LightReasonerError(f"{where} is {machines}. {MULTI_NODE_RECIPE}")
+
+
 def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
     """Run (or resume) every stage of every arm, each in its own process, then write the
     report; returns the report's figures."""
@@ -515,6 +545,7 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
         raise LightReasonerError("--num-processes: must be at least 1")
     if cfg.accelerate_config and not Path(cfg.accelerate_config).is_file():
         raise LightReasonerError(f"--accelerate-config {cfg.accelerate_config}: no such file")
+    check_one_node(cfg)
     run = Path(cfg.out)
     run.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(run), friendly_os_errors(run):
