@@ -250,7 +250,11 @@ class RunConfig(ModelOptions):
     eval_batch_size: int = opt(0, "most test problems decoded together (0: as many as fit in memory)")
     num_processes: int = opt(1, "processes per stage (sample, train, evaluations) started through accelerate launch")
     accelerate_config: str = opt(None, "accelerate config file for the stages (accelerate launch --config_file)")
-    launch: dict = opt({}, "more `accelerate launch` options for the stages, e.g. num_machines, main_process_ip")
+    launch: dict = opt(
+        {},
+        "more `accelerate launch` options for the stages, e.g. gpu_ids, main_process_port (one node: a run "
+        "across nodes is refused; configs/slurm/lightreasoner.sbatch runs the stages one by one instead)",
+    )
     methods: str = opt(
         "lightr",
         "the arms: lightr, sft, lightr-no-select, lightr-no-contrast, lightr-no-select-no-contrast, cd "
