@@ -165,6 +165,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from .report import view
+
+    print(f"written: {view(args.paths, args.out)}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import load_run_config, run_experiment
 
@@ -243,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write here instead of rewriting FILE")
     p = add("compare", cmd_compare, "side-by-side table of evaluation runs, with deltas against the first")
     p.add_argument("runs", nargs="+", help="eval output folders (or their summary.json)")
+    p = add(
+        "view",
+        cmd_view,
+        "write a self-contained HTML page of a run folder, a samples file, an evaluation folder or two of them",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run folder, samples .jsonl, or one or two eval folders")
+    p.add_argument("--out", help="where to write the page (default: report.html in the folder, X.html beside X.jsonl)")
     return parser
 
 

@@ -45,6 +45,13 @@ class SoftLabelRecord:
     expert: str | None = None
     amateur: str | None = None
     expert_weights: list[float] | None = None  # the label without the contrast (see ``--expert-weights``)
+    # for the report's view: the token the expert chose at this step, and the expert's and the
+    # amateur's likeliest tokens with the plausible set, with both models' probabilities
+    next_token_id: int | None = None
+    top_ids: list[int] | None = None
+    top_tokens: list[str] | None = None
+    top_expert_probs: list[float] | None = None
+    top_amateur_probs: list[float] | None = None
 
     @property
     def is_exact(self) -> bool:

@@ -82,6 +82,28 @@ class StepLabel:
     weights: list[float]
     kl: float
     expert_weights: list[float] | None = None
+    top_ids: list[int] | None = None  # see :func:`shown_tokens`
+    top_expert_probs: list[float] | None = None
+    top_amateur_probs: list[float] | None = None
+
+
+TOP_K = 5  # each model's most likely tokens a record keeps for the report's step view
+
+
+def shown_tokens(pe: torch.Tensor, pa: torch.Tensor, mask: torch.Tensor, k: int = TOP_K) -> list[tuple]:
+    """Per row of ``pe``, ``pa`` ``[rows, shared]`` (probabilities) and the plausible ``mask``:
+    ``(ids, expert_probs, amateur_probs)`` of the expert's and the amateur's ``k`` most likely
+    tokens and the plausible set, the expert's likeliest first (5 significant digits)."""
+    union = mask.clone()
+    k = min(k, pe.shape[-1])
+    union.scatter_(1, pe.topk(k).indices, True)
+    union.scatter_(1, pa.topk(k).indices, True)
+    out = []
+    for i in range(pe.shape[0]):
+        ids = union[i].nonzero().flatten()
+        ids = ids[pe[i, ids].argsort(descending=True, stable=True)]
+        out.append((ids.tolist(), *([float(f"{x:.5g}") for x in probs[i, ids].tolist()] for probs in (pe, pa))))
+    return out
 
 
 def generate_trajectories(
@@ -199,17 +221,18 @@ def label_steps(
         w = contrast.expert_weights(pe_k, mask)
     we = contrast.expert_weights(pe_k, mask) if with_expert_weights else None
     labels = []
-    for i, row in enumerate(rows.tolist()):
+    for i, (row, top) in enumerate(zip(rows.tolist(), shown_tokens(pe_k, pa_k, mask))):
         ids = mask[i].nonzero().flatten()
         own = None if we is None else we[i, ids].tolist()
-        labels.append(StepLabel(row + start, ids.tolist(), w[i, ids].tolist(), float(kl[row]), own))
+        labels.append(StepLabel(row + start, ids.tolist(), w[i, ids].tolist(), float(kl[row]), own, *top))
     return labels, kl.tolist()
 
 
 def to_records(
     traj: Trajectory, labels: list[StepLabel], tokenizer: PreTrainedTokenizerBase, expert: str, amateur: str
 ) -> list[SoftLabelRecord]:
-    """Records in the release's layout plus the exact ids training needs."""
+    """Records in the release's layout plus the exact ids training needs, the token the expert
+    chose and both models' likeliest tokens (for the report's view)."""
     gen = traj.generated_ids
     return [
         SoftLabelRecord(
@@ -227,6 +250,11 @@ def to_records(
             expert=expert,
             amateur=amateur,
             expert_weights=lab.expert_weights,
+            next_token_id=gen[lab.step],
+            top_ids=lab.top_ids,
+            top_tokens=None if lab.top_ids is None else tokenizer.batch_decode([[t] for t in lab.top_ids]),
+            top_expert_probs=lab.top_expert_probs,
+            top_amateur_probs=lab.top_amateur_probs,
         )
         for lab in labels
     ]

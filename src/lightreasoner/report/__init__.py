@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..io import atomic_write_json, atomic_write_text
+from .html import view, write_run_page
 from .plots import KIND_COLORS, plot, stage_owner
 from .tables import (
     ABLATIONS,
@@ -47,7 +48,9 @@ __all__ = [
     "verdicts",
     "versions",
     "versus_baseline",
+    "view",
     "write_report",
+    "write_run_page",
 ]
 
 
@@ -57,5 +60,7 @@ def write_report(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoi
     fig["verdicts"] = verdicts(fig)
     fig["plots"] = plot(run, fig)
     atomic_write_json(run / "report.json", strict_json(fig))
-    atomic_write_text(run / "report.md", markdown(fig))
+    md = markdown(fig)
+    atomic_write_text(run / "report.md", md)
+    write_run_page(run, fig, md)
     return fig

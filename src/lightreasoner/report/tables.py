@@ -172,7 +172,13 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         per, avg = versus_baseline(base_dir, arm.eval, names)
         results = _results(s)
         for name in names:
-            results[name].update(delta=per[name]["delta"], ci95=per[name]["ci95"], p_value=per[name]["p_value"])
+            results[name].update(
+                delta=per[name]["delta"],
+                ci95=per[name]["ci95"],
+                p_value=per[name]["p_value"],
+                gained=per[name]["only_second"],  # wrong in the baseline, right here
+                lost=per[name]["only_first"],
+            )
         arms[arm_id] = {
             "label": arm.label,
             "method": arm.method,
@@ -180,7 +186,12 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
             "folder": str(arm.dir),
             "eval": str(arm.eval),
             "results": results,
-            "average": {"accuracy": s["average"], **{k: avg[k] for k in ("delta", "ci95", "p_value", "n")}},
+            "average": {
+                "accuracy": s["average"],
+                **{k: avg[k] for k in ("delta", "ci95", "p_value", "n")},
+                "gained": avg["only_second"],
+                "lost": avg["only_first"],
+            },
             "accuracy_ci95": accuracy_ci(arm.eval, names),
         }
         arms[arm_id]["efficiency"] = efficiency(entry, arms[arm_id])
@@ -221,6 +232,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         "run_dir": str(run),
         "benchmarks": names,
         "baseline": {
+            "eval": str(base_dir),
             "results": _results(base),
             "average": base["average"],
             "accuracy_ci95": accuracy_ci(base_dir, names),
@@ -255,6 +267,27 @@ def _strict_lines(fig: dict) -> list[str]:
         "Where the strict grader (the same extraction, correct equivalence; `--grader strict`) differs: "
         + "; ".join(differ)
         + ".",
+        "",
+    ]
+
+
+def _discordant_lines(fig: dict) -> list[str]:
+    """Problems each arm gained (wrong in the baseline, right in the arm) and lost: the
+    discordant problems the McNemar test counts."""
+    if not fig["arms"] or "gained" not in next(iter(fig["arms"].values()))["average"]:
+        return []
+    several = len(fig["benchmarks"]) > 1
+
+    def counts(a: dict) -> str:
+        avg = a["average"]
+        per = ", ".join(
+            f"{display_name(n)} {a['results'][n]['gained']} / {a['results'][n]['lost']}" for n in fig["benchmarks"]
+        )
+        return f"{a['label']} {avg['gained']} / {avg['lost']}" + (f" ({per})" if several else "")
+
+    return [
+        "Problems gained / lost against the baseline (right in one, wrong in the other: the problems McNemar "
+        "counts): " + "; ".join(counts(a) for a in fig["arms"].values()) + ".",
         "",
     ]
 
@@ -338,6 +371,7 @@ def markdown(fig: dict) -> str:
         "",
         *[f"- {v}." for v in fig["verdicts"]],
         "",
+        *_discordant_lines(fig),
         *_strict_lines(fig),
         f"Completions cut off at the {fig['eval_max_new_tokens']}-token budget before the model ended its answer: "
         + "; ".join(
