@@ -185,6 +185,49 @@ def eval_sequences(eval_dir: str | Path, tokenizer, system: str, problems: int, 
     return seqs[:problems]
 
 
+def _load(model: str, dtype: torch.dtype, device: str, allow_pickle: bool = False, trust_remote_code: bool = False):
+    from .models import load_model, resolve_source
+
+    src = resolve_source(model, allow_pickle)
+    return load_model(src, dtype, torch.device(device), allow_pickle, trust_remote_code)
+
+
+def reference_logits(model: str, adapter: str, sequences, path_dtype: torch.dtype, device: str = "cpu", **load):
+    """float32 logits of the base model and of base + adapter (unmerged), over ``sequences``,
+    and :func:`delta_weight_stats` of the adapter stored in ``path_dtype``."""
+    from .models import load_with_adapter
+
+    peft32 = load_with_adapter(_load(model, torch.float32, device, **load), adapter)
+    tuned32 = position_logits(peft32, sequences)
+    with peft32.disable_adapter():
+        base32 = position_logits(peft32, sequences)
+    return base32, tuned32, delta_weight_stats(peft32, path_dtype)
+
+
+def path_logits(model: str, adapter: str, sequences, dtype: torch.dtype, merged: bool, device: str = "cpu", **load):
+    """Logits of the base model and of the tuned model as an evaluation path computes them:
+    in ``dtype``, the adapter merged into the weights or kept unmerged (PEFT keeps LoRA
+    weights in float32 over a bf16/fp16 base)."""
+    from .models import load_with_adapter
+
+    peft = load_with_adapter(_load(model, dtype, device, **load), adapter)
+    with peft.disable_adapter():
+        base = position_logits(peft, sequences)
+    return base, position_logits(peft.merge_and_unload() if merged else peft, sequences)
+
+
+def compare_paths(base32, tuned32, base_p, tuned_p) -> dict[str, float]:
+    """:func:`effect_figures` over lists of per-sequence ``[positions, vocab]`` logits."""
+    counts = EffectCounts()
+    for b32, t32, bp, tp in zip(base32, tuned32, base_p, tuned_p, strict=True):
+        counts.add(b32, t32, bp, tp)
+    return effect_figures(counts)
+
+
+def path_name(dtype: torch.dtype, merged: bool) -> str:
+    return f"{'merged' if merged else 'unmerged'} {str(dtype).removeprefix('torch.')}"
+
+
 def measure_effect(
     model: str,
     adapter: str,
@@ -196,44 +239,23 @@ def measure_effect(
     trust_remote_code: bool = False,
 ) -> dict:
     """Effect of ``adapter`` on ``model`` over ``sequences``: float32 reference (base and
-    adapter unmerged), against the evaluation path (``path_dtype``, the adapter merged into
-    the weights as the run's evaluation does, or kept unmerged with float32 LoRA weights).
+    adapter unmerged) against one evaluation path (``path_dtype``, merged or not).
 
-    Returns :func:`effect_figures`, the weight survival per module (:func:`delta_weight_stats`
-    in ``path_dtype``) and seconds per path. Holds one model at a time in memory.
+    Returns :func:`effect_figures`, the weight survival per module (``weights``) and seconds
+    spent on each. Holds one model at a time in memory.
     """
-    from .models import load_model, load_with_adapter, resolve_source
-
-    src = resolve_source(model, allow_pickle)
-    dev = torch.device(device)
-    seconds = {}
-
+    load = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     t0 = time.perf_counter()
-    peft32 = load_with_adapter(load_model(src, torch.float32, dev, allow_pickle, trust_remote_code), adapter)
-    tuned32 = position_logits(peft32, sequences)
-    with peft32.disable_adapter():
-        base32 = position_logits(peft32, sequences)
-    size32 = delta_weight_stats(peft32, path_dtype)
-    del peft32
-    seconds["float32"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    peft_p = load_with_adapter(load_model(src, path_dtype, dev, allow_pickle, trust_remote_code), adapter)
-    with peft_p.disable_adapter():
-        base_p = position_logits(peft_p, sequences)
-    tuned_p = position_logits(peft_p.merge_and_unload() if merged else peft_p, sequences)
-    del peft_p
-    seconds["path"] = time.perf_counter() - t0
-
-    counts = EffectCounts()
-    for b32, t32, bp, tp in zip(base32, tuned32, base_p, tuned_p):
-        counts.add(b32, t32, bp, tp)
+    base32, tuned32, weights = reference_logits(model, adapter, sequences, path_dtype, device, **load)
+    t1 = time.perf_counter()
+    base_p, tuned_p = path_logits(model, adapter, sequences, path_dtype, merged, device, **load)
+    t2 = time.perf_counter()
     return {
-        "path": f"{'merged' if merged else 'unmerged'} {str(path_dtype).removeprefix('torch.')}",
+        "path": path_name(path_dtype, merged),
         "problems": len(sequences),
-        **effect_figures(counts),
-        "weights": size32,
-        "seconds": seconds,
+        **compare_paths(base32, tuned32, base_p, tuned_p),
+        "weights": weights,
+        "seconds": {"float32": t1 - t0, "path": t2 - t1},
     }
 
 
