@@ -141,21 +141,40 @@ def step_detail(rec: dict, pool_rec: dict | None = None) -> dict:
     return {"rows": rows, "chosen": top.index(tid) if tid in top else None, "probs": pe[0] is not None}
 
 
+DETAIL_KEYS = (
+    "token_ids",
+    "tokens",
+    "weights",
+    "expert_weights",
+    "next_token_id",
+    "top_ids",
+    "top_tokens",
+    "top_expert_probs",
+    "top_amateur_probs",
+)
+"""What :func:`step_detail` reads of a record (the rest is not kept in memory)."""
+
+
 @dataclass
 class _Problem:
     question: str
     steps: list[tuple[int, str, float, str | None]] = field(default_factory=list)  # step, prefix, KL, chosen
+    kept: dict[int, dict] = field(default_factory=dict)  # the wanted steps' records (their DETAIL_KEYS)
 
 
-def _read_steps(path: Path) -> dict[object, _Problem]:
-    """Per problem (in file order), its records' step, prefix, KL and chosen token text."""
+def _read_steps(path: Path, wanted: dict[object, dict[int, dict]]) -> dict[object, _Problem]:
+    """Per problem (in file order), its records' step, prefix, KL and chosen token text, and
+    the records of the ``wanted`` steps, in one pass over the file."""
     out: dict[object, _Problem] = {}
     for where, rec in iter_jsonl(path):
         missing = [k for k in ("prompt_id", "step", "prefix", "kl_divergence") if k not in rec]
         if missing:
             raise LightReasonerError(f"{path}:{where}: not a soft-label record (missing {', '.join(missing)})")
-        p = out.setdefault(_key(rec), _Problem(rec.get("question") or rec["prompt_id"]))
+        key = _key(rec)
+        p = out.setdefault(key, _Problem(rec.get("question") or rec["prompt_id"]))
         p.steps.append((rec["step"], rec["prefix"], rec["kl_divergence"], _chosen(rec)))
+        if rec["step"] in wanted.get(key, ()):
+            p.kept[rec["step"]] = {k: rec[k] for k in DETAIL_KEYS if k in rec}
     for p in out.values():
         p.steps.sort(key=lambda s: s[0])
     return out
@@ -188,23 +207,13 @@ def _pieces(p: _Problem, every_step: bool) -> tuple[list[str], list[float | None
 
 
 def _selected(path: Path) -> dict[object, dict[int, dict]]:
-    """Per problem, the records of a samples file by step."""
+    """Per problem, the records of a samples file by step (their DETAIL_KEYS)."""
     out: dict[object, dict[int, dict]] = {}
     for where, rec in iter_jsonl(path):
         missing = [k for k in RELEASE_KEYS if k not in rec]
         if missing:
             raise LightReasonerError(f"{path}:{where}: not a soft-label record (missing {', '.join(missing)})")
-        out.setdefault(_key(rec), {})[rec["step"]] = rec
-    return out
-
-
-def _pool_details(pool: Path, wanted: dict[object, dict[int, dict]]) -> dict[tuple, dict]:
-    """The pool's records of the wanted steps (the only ones kept in memory)."""
-    out = {}
-    for _, rec in iter_jsonl(pool):
-        k = _key(rec)
-        if k in wanted and rec["step"] in wanted[k]:
-            out[(k, rec["step"])] = rec
+        out.setdefault(_key(rec), {})[rec["step"]] = {k: rec[k] for k in DETAIL_KEYS if k in rec}
     return out
 
 
@@ -233,13 +242,12 @@ def trajectory_set(samples: Path, name: str, pool: Path | None = None) -> dict:
     source = pool if pool is not None and pool.is_file() else samples
     base = _summary(source) if source != samples else summary
     every_step = str((base.get("config") or {}).get("beta")) in ("-inf", "-Infinity")
-    pool_recs = _pool_details(source, chosen) if source != samples else {}
     problems, all_kl = [], []
-    for n, (k, prob) in enumerate(_read_steps(source).items()):
+    for n, (k, prob) in enumerate(_read_steps(source, chosen if source != samples else {}).items()):
         texts, kls, steps, missing = _pieces(prob, every_step)
         sel = chosen.get(k, {})
         marks = [i for i, s in enumerate(steps) if s in sel]
-        details = {str(i): step_detail(sel[steps[i]], pool_recs.get((k, steps[i]))) for i in marks}
+        details = {str(i): step_detail(sel[steps[i]], prob.kept.get(steps[i])) for i in marks}
         problems.append(
             {
                 "i": k if isinstance(k, int) else n,
