@@ -56,12 +56,19 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def gpu_has_native_bf16() -> bool:
+    """Whether this process's GPU computes bfloat16 natively (Ampere or newer, or ROCm).
+    ``torch.cuda.is_bf16_supported()`` alone also counts emulation, which pre-Ampere GPUs
+    (V100, T4) have: there bfloat16 is slow and float16 is the native half precision."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bfloat16 on a CUDA GPU that has it, float16 on other GPUs; on CPU bfloat16
-    when the CPU computes it natively, else float32 (faster there, at twice the memory)."""
+    """``auto`` → bfloat16 on a GPU that computes it natively, float16 on older GPUs; on CPU
+    bfloat16 when the CPU computes it natively, else float32 (faster there, at twice the memory)."""
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if gpu_has_native_bf16() else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     if dtype not in DTYPES:
         raise LightReasonerError(f"--dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
@@ -69,6 +76,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         log.warning(
             "this CPU has no native bfloat16 arithmetic: --dtype bfloat16 runs several times slower "
             "than float32 here (--dtype auto picks float32)"
+        )
+    if device.type == "cuda" and dtype == "bfloat16" and not gpu_has_native_bf16():
+        log.warning(
+            "this GPU has no native bfloat16 arithmetic (it is older than Ampere): --dtype bfloat16 is "
+            "emulated and slow here (--dtype auto picks float16)"
         )
     return DTYPES[dtype]
 
