@@ -127,3 +127,64 @@ def test_a_run_across_several_nodes_is_refused_at_once_with_the_per_stage_recipe
     assert launch_machines(build(RunConfig, {"accelerate_config": str(one_node)}, {})) == 1
     over = {"accelerate_config": str(one_node), "launch": {"num_machines": 3}}  # launch: wins, as on the command line
     assert launch_machines(build(RunConfig, over, {})) == 3
+
+
+class _StubTrainer:
+    """What :class:`SeenTrainer`'s saving reads of a Trainer, for one process of a job."""
+
+    def __init__(self, main: bool, fsdp_state_dict: str | None = None, writes: bool = True):
+        from types import SimpleNamespace
+
+        self.main, self.writes, self.saved_to = main, writes, []
+        self.is_fsdp_enabled = fsdp_state_dict is not None
+        plugin = SimpleNamespace(state_dict_type=f"StateDictType.{fsdp_state_dict}") if fsdp_state_dict else None
+        self.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+
+    def is_world_process_zero(self) -> bool:
+        return self.main
+
+    def save_model(self, out: str) -> None:
+        self.saved_to.append(out)  # a collective under FSDP / DeepSpeed: every process must call it
+        if self.main and self.writes:
+            from pathlib import Path
+
+            (Path(out) / "adapter_config.json").write_text("{}")
+
+
+def test_the_adapter_is_saved_through_the_trainer_on_every_process(tmp_path):
+    from lightreasoner.training import SeenTrainer
+
+    for main in (True, False):
+        stub = _StubTrainer(main)
+        SeenTrainer.save_adapter(stub, tmp_path)
+        assert stub.saved_to == [str(tmp_path)]
+    with pytest.raises(LightReasonerError, match="saved no adapter"):
+        SeenTrainer.save_adapter(_StubTrainer(True, writes=False), tmp_path / "empty")
+
+
+def test_fsdp_without_a_full_state_dict_is_refused_before_training():
+    from lightreasoner.training import SeenTrainer
+
+    with pytest.raises(LightReasonerError, match="SHARDED_STATE_DICT saves no adapter.*FULL_STATE_DICT"):
+        SeenTrainer.check_saveable(_StubTrainer(True, "SHARDED_STATE_DICT"))
+    SeenTrainer.check_saveable(_StubTrainer(False, "FULL_STATE_DICT"))
+    SeenTrainer.check_saveable(_StubTrainer(True))  # no FSDP
+
+
+@pytest.mark.parametrize("major, want", [(7, torch.float16), (8, torch.bfloat16), (9, torch.bfloat16)])
+def test_auto_dtype_on_gpus_counts_only_native_bfloat16(monkeypatch, caplog, major, want):
+    """V100/T4 (compute capability 7) emulate bfloat16: torch.cuda.is_bf16_supported() says yes
+    unless emulation is excluded; auto must pick float16 there."""
+    from types import SimpleNamespace
+
+    from lightreasoner.models import resolve_dtype
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulation works
+    assert torch.cuda.is_bf16_supported()  # what the old check saw on every one of these GPUs
+    assert resolve_dtype("auto", torch.device("cuda:0")) == want
+    assert resolve_dtype("bfloat16", torch.device("cuda:0")) == torch.bfloat16  # asked for: given, with a warning
+    assert ("no native bfloat16" in caplog.text) == (major < 8)

@@ -363,12 +363,11 @@ def fine_tune(cfg: SFTConfig, model, tok, rows, out: Path, dtype, device, show: 
     )
     resume = last_checkpoint(out)
     trainer.load_seen(resume)
+    trainer.check_saveable()
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
-    if trainer.is_world_process_zero():
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
+    trainer.save_adapter(out)  # every process: FSDP and DeepSpeed gather the sharded weights
     return {
         "examples": len(examples),
         "tuned_tokens": sum(len(examples[i].input_ids) - examples[i].prompt_len for i in trainer.all_seen()),

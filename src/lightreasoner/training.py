@@ -215,6 +215,25 @@ class SeenTrainer(Trainer):
             atomic_write_json(folder / SEEN_RECORDS, sorted(seen))
         faults.committed("train")  # the test kill hook: after a whole checkpoint
 
+    def check_saveable(self) -> None:
+        """Refuse, before training, an FSDP setup whose final save would write no adapter: the
+        Trainer saves under FSDP only with a full state dict (FSDP2's default is sharded)."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
+        kind = str(getattr(plugin, "state_dict_type", ""))
+        if plugin is not None and "FULL_STATE_DICT" not in kind:
+            raise LightReasonerError(
+                f"FSDP with state_dict_type {kind.rsplit('.', 1)[-1]} saves no adapter at the end: set "
+                "fsdp_config: {state_dict_type: FULL_STATE_DICT} (as configs/fsdp-train.yaml does)"
+            )
+
+    def save_adapter(self, out: Path) -> None:
+        """The adapter and tokenizer in ``out``, through the Trainer, called on every process:
+        under FSDP or DeepSpeed the parameters are sharded and ``save_model`` gathers them (a
+        collective) before the main process writes them (PEFT's own save gathers nothing)."""
+        self.save_model(str(out))
+        if self.is_world_process_zero() and not (Path(out) / "adapter_config.json").exists():
+            raise LightReasonerError(f"{out}: the Trainer saved no adapter (see the log above)")
+
     def load_seen(self, checkpoint: str | None) -> None:
         path = Path(checkpoint) / SEEN_RECORDS if checkpoint else None
         if path is not None and path.exists():
@@ -394,13 +413,12 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
     if cfg.resume and resume is None:
         log.info("no checkpoint in %s; starting from the beginning", out)
     trainer.load_seen(resume)
+    trainer.check_saveable()
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
+    trainer.save_adapter(out)  # every process: FSDP and DeepSpeed gather the sharded weights
     main = trainer.is_world_process_zero()
-    if main:
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
     steps = trainer.state.global_step
     world = trainer.args.world_size
     updates = round(trainer.state.epoch * len(dataset))  # records that received a loss, repeats included
