@@ -36,7 +36,7 @@ def tiny_run(pair, out, **over):
         "eval_seed": 2,
         "eval_max_new_tokens": 8,
         "sample": {"max_new_tokens": 16, "beta": 0.3},
-        "train": {"max_steps": 2, "save_steps": 100},
+        "train": {"max_steps": 2, "save_steps": 100, "logging_steps": 1},
     }
     return build(RunConfig, {**values, **over}, {})
 
@@ -68,7 +68,7 @@ def test_run_produces_every_artefact_and_the_report(finished):
         "config.yaml",
     ):
         assert (run / p).exists(), p
-    assert set(fig["plots"]) == {"accuracy.png", "kl_histogram.png", "stage_times.png"}
+    assert set(fig["plots"]) == {"accuracy.png", "kl_histogram.png", "stage_times.png", "loss.png"}
     for name in fig["plots"]:
         w, h = png_size(run / name)
         assert w > 300 and h > 150
@@ -92,8 +92,20 @@ def test_run_produces_every_artefact_and_the_report(finished):
         "lightr: selection",
         "lightr: fine-tuning",
         "lightr: evaluation",
+        "lightr: adapter effect",
     }
     assert saved["generated_test_problems_checked_disjoint"] == 3
+    # can the run tell? the adapter's effect (fp32 here: no noise floor), what it changed, what it could detect
+    effect = arm["effect"]
+    assert effect["path"] == "merged float32" and effect["floor"] == 0 and effect["positions"] > 0
+    assert effect["reproduced"] == effect["changed_fp32"] and set(effect["weights"]) == {"q_proj", "v_proj"}
+    changed = arm["changed_problems"]["reasoning-gym:gsm_symbolic"]
+    base_file = run / "eval/baseline/reasoning-gym:gsm_symbolic.jsonl"
+    base_rows = [json.loads(x) for x in base_file.read_text().splitlines()]
+    assert len(changed["gained"]) == arm["average"]["gained"] and len(changed["lost"]) == arm["average"]["lost"]
+    assert set(changed["gained"] + changed["lost"]) <= {r["id"] for r in base_rows}
+    assert arm["mde80"]["AVG."]["n"] == 3 and "## Can this run tell?" in report
+    assert [s for s, _ in arm["loss_curve"]] == [1, 2] and "Training loss (first → last logged step)" in report
     acc = arm["results"]["reasoning-gym:gsm_symbolic"]
     base = saved["baseline"]["results"]["reasoning-gym:gsm_symbolic"]
     assert {"n", "correct", "accuracy", "delta", "ci95", "p_value"} <= acc.keys() and acc["n"] == 3
@@ -114,7 +126,7 @@ def test_rerun_skips_completed_stages_and_resumes_missing_ones(pair, finished, c
     with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
         run_experiment(faster, show_progress=False)
     skipped = [r.message for r in caplog.records if "already complete" in r.message]
-    assert len(skipped) == 3  # baseline, selection, fine-tuning (the pool is not needed any more)
+    assert len(skipped) == 4  # baseline, selection, fine-tuning, effect (the pool is not needed any more)
     after = json.loads((run / "timings.json").read_text())
     assert {k: v for k, v in after.items() if k != "lightr: evaluation"} == {
         k: v for k, v in before.items() if k != "lightr: evaluation"
@@ -126,7 +138,7 @@ def test_changed_settings_in_the_same_folder_are_refused(pair, finished):
     cfg, _ = finished
     with pytest.raises(LightReasonerError, match=r"other settings \(max_problems: 3 -> 4\)"):
         run_experiment(tiny_run(pair, cfg.out, max_problems=4), show_progress=False)
-    changed = {"max_steps": 2, "save_steps": 100, "order": "trajectory"}
+    changed = {**cfg.train, "order": "trajectory"}
     with pytest.raises(LightReasonerError, match=r"\(train.order: '\(unset\)' -> 'trajectory'\)"):
         run_experiment(tiny_run(pair, cfg.out, train=changed), show_progress=False)
 

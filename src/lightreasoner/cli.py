@@ -28,7 +28,7 @@ from .config import (
 from .errors import LightReasonerError
 from .io import friendly_os_errors
 
-STAGES = ("sample", "train", "sft", "merge", "eval", "run")
+STAGES = ("sample", "train", "sft", "merge", "effect", "eval", "run")
 TRAINER_STAGES = ("train", "sft")  # these also take any transformers.TrainingArguments field as a flag
 
 

@@ -39,6 +39,7 @@ from .config import (
 )
 from .errors import LightReasonerError
 from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors, setting_changes
+from .precision import EFFECT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +418,6 @@ ARM_FIELDS = ("methods", "amateurs", "sft", "cd")
 """Run options that add arms: a finished run may take more arms later. The settings of one
 arm (its method, amateur and ``sft``/``cd`` section) are checked by the arm (``arm.yaml``)."""
 ARM_FILE = "arm.yaml"
-EFFECT_FILE = "effect.json"
 PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
 """Sampling options each arm's method sets (Contrast; the pool's second label), not ``sample:``."""
 

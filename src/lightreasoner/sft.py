@@ -373,5 +373,6 @@ def fine_tune(cfg: SFTConfig, model, tok, rows, out: Path, dtype, device, show: 
         "tuned_tokens": sum(len(examples[i].input_ids) - examples[i].prompt_len for i in trainer.all_seen()),
         "optimizer_steps": trainer.state.global_step,
         "train_loss": result.training_loss,
+        "loss_curve": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "fine_tuning_seconds": seconds,
     }

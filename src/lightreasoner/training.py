@@ -430,6 +430,7 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
         "order": cfg.order,
         "optimizer_steps": steps,
         "train_loss": result.training_loss,
+        "loss_curve": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         "seconds": seconds,
         "seconds_per_record": seconds / max(1, updates),
         "packed": cfg.pack,

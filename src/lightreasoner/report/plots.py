@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..evaluation.runner import display_name
+from .diagnostics import plot_loss
 from .tables import ABLATIONS, hms
 
 
@@ -163,4 +164,4 @@ def plot(run: Path, fig: dict) -> list[str]:
     f.savefig(run / "stage_times.png", dpi=150)
     plt.close(f)
     made.append("stage_times.png")
-    return made
+    return made + plot_loss(run, fig, plt)

@@ -21,6 +21,7 @@ from ..config import RunConfig
 from ..evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
 from ..records import summary_path
 from ..stats import bootstrap_ci, paired_difference, verdict
+from .diagnostics import arm_diagnostics, markdown_lines
 
 PACKAGES = (
     "lightreasoner",
@@ -195,6 +196,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
             "accuracy_ci95": accuracy_ci(arm.eval, names),
         }
         arms[arm_id]["efficiency"] = efficiency(entry, arms[arm_id])
+        arms[arm_id].update(arm_diagnostics(entry, arms[arm_id], base_dir, names))
         if "train" in entry:
             samples = json.loads(summary_path(arm.samples).read_text())
             arms[arm_id]["selection"] = {
@@ -386,6 +388,7 @@ def markdown(fig: dict) -> str:
             f"The {fig['generated_test_problems_checked_disjoint']} generated test problems were checked "
             "to share no question with the training problems."
         )
+    lines += markdown_lines(fig)
     if any(a["efficiency"] for a in fig["arms"].values()):
         lines += [
             "",
