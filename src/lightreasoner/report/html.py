@@ -296,7 +296,7 @@ def _rows(folder: Path, name: str) -> Iterator[dict]:
         yield row
 
 
-def test_set(runs: list[tuple[str, str, Path]], names: list[str]) -> dict:
+def completion_set(runs: list[tuple[str, str, Path]], names: list[str]) -> dict:
     """Per benchmark, the problems (in the first run's order) and every run's row of each:
     ``[completion, extracted answer, correct, cut off]`` (None where a run lacks it)."""
     problems: dict[str, list] = {}
@@ -370,7 +370,7 @@ def run_page(run: Path, fig: dict, md: str) -> str:
     runs = [("baseline", "Baseline", baseline)] + [
         (a_id, a["label"], here(a["eval"])) for a_id, a in fig["arms"].items()
     ]
-    test = test_set(runs, fig["benchmarks"])
+    test = completion_set(runs, fig["benchmarks"])
     if md.startswith("# "):  # the page's own title
         md = md.split("\n", 1)[-1]
     overview = markdown_html(md, lambda src: png_uri(run / src))
@@ -410,7 +410,7 @@ def eval_page(folders: list[Path]) -> str:
         runs = [(key, f"{label} ({f})", f) for key, label, f in runs]
     overview = markdown_html("\n".join(md), lambda src: None)
     title = "LightReasoner evaluation" + (" comparison" if len(folders) > 1 else "")
-    return render(title, " vs ".join(map(str, folders)), overview, None, test_set(runs, names))
+    return render(title, " vs ".join(map(str, folders)), overview, None, completion_set(runs, names))
 
 
 def write_run_page(run: Path, fig: dict, md: str) -> Path:
