@@ -18,6 +18,8 @@ cache layer writes new keys and values into a buffer with room to spare
 
 from __future__ import annotations
 
+import gc
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
+
+from .errors import LightReasonerError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,97 @@ def last_positions(n: int, length: int, device: torch.device | str) -> torch.Ten
     rows of a 1.5B Qwen), fail, and stay off for the rest of the process, which makes every
     later bfloat16 matmul about 50 times slower."""
     return torch.arange(length - n, length, device=device)
+
+
+def self_seeing_mask(mask: torch.Tensor, q_len: int, window: int | None = None) -> torch.Tensor:
+    """Boolean attention ``[B, 1, q_len, L]`` (True: attend) for queries at the last ``q_len``
+    of the ``L`` columns of a 2D mask ``[B, L]`` (1: a token): each query sees the tokens at or
+    before its column (within ``window`` columns for a sliding-window layer) and always itself,
+    so no query row sees nothing — a padding query sees only its own column."""
+    length = mask.shape[1]
+    q = torch.arange(length - q_len, length, device=mask.device)[:, None]  # [q, 1]
+    k = torch.arange(length, device=mask.device)[None, :]  # [1, L]
+    visible = k <= q
+    if window is not None:
+        visible = visible & (k > q - window)
+    seen = visible[None, None] & mask.bool()[:, None, None, :]
+    return seen | (k == q)[None, None]
+
+
+def attention_mask_for(model: PreTrainedModel, mask: torch.Tensor, q_len: int) -> torch.Tensor | dict:
+    """The ``attention_mask`` to pass for a forward over the last ``q_len`` columns of ``mask``
+    ``[B, L]`` (1: a token).
+
+    transformers builds its 4D mask as causal AND ``mask`` (``masking_utils.sdpa_mask``) and no
+    longer lets a query that sees nothing (a left-padding position) see something, and PyTorch's
+    cuDNN attention (preferred on H100/H200) returns NaN for such a row; the NaN then sits in the
+    padding column's keys and values, and ``0 * NaN`` reaches every real row of the batch. So when
+    some query would see nothing, the mask is given 4D from :func:`self_seeing_mask`, in the form
+    the model's attention takes (``sdpa``: bool; ``eager``: additive float; with sliding-window
+    layers, one per layer type). Otherwise, and for attention kernels that drop padding
+    (flash-attention) or take another mask type, the 2D mask goes as it is."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    windows = layer_windows(model.config.get_text_config())
+    if impl not in ("sdpa", "eager") or windows is None:
+        return mask
+    if not any(blind_queries(mask, q_len, w) for w in windows.values()):
+        return mask
+
+    def form(m: torch.Tensor) -> torch.Tensor:
+        if impl == "sdpa":
+            return m
+        return torch.zeros(m.shape, dtype=model.dtype, device=m.device).masked_fill(~m, torch.finfo(model.dtype).min)
+
+    masks = {t: form(self_seeing_mask(mask, q_len, w)) for t, w in windows.items()}
+    return masks["full_attention"] if list(masks) == ["full_attention"] else masks
+
+
+def blind_queries(mask: torch.Tensor, q_len: int, window: int | None = None) -> bool:
+    """Whether a query at the last ``q_len`` columns of ``mask`` ``[B, L]`` sees no token under
+    the mask transformers builds (causal, within ``window`` columns when given, AND ``mask``)."""
+    length = mask.shape[1]
+    before = torch.nn.functional.pad(mask.long().cumsum(-1), (1, 0))  # [B, L+1]: tokens in columns < j
+    q = torch.arange(length - q_len, length, device=mask.device)
+    low = (q - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q)
+    seen = before[:, q + 1] - before[:, low]  # [B, q_len] tokens each query may see
+    return bool((seen == 0).any())
+
+
+def layer_windows(cfg) -> dict[str, int | None] | None:
+    """Each attention layer type of a text config with its sliding window (None: full attention);
+    None for a layout the 4D mask cannot follow (a window without layer types, other types)."""
+    types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    window = getattr(cfg, "sliding_window", None)
+    if getattr(cfg, "layer_types", None) is None and window is not None:
+        return None
+    if not types <= {"full_attention", "sliding_attention"} or (window is None and "sliding_attention" in types):
+        return None
+    return {t: (window if t == "sliding_attention" else None) for t in sorted(types)}
+
+
+class NonFiniteLogits(LightReasonerError):
+    """The model gave NaN or infinite logits."""
+
+
+def require_finite(logits: torch.Tensor, what: str) -> None:
+    """Stop when a row of ``logits`` ``[..., V]`` holds a NaN or +inf, or only -inf (its max is
+    then not finite); decoding on would pick garbage tokens."""
+    top = logits.amax(-1)
+    if bool(torch.isfinite(top).all()):
+        return
+    bad = int((~torch.isfinite(top)).sum())
+    raise NonFiniteLogits(
+        f"{what}: {bad} of {top.numel()} rows of logits are NaN or infinite. This is a numerical fault, not a "
+        "result: usually float16 overflow (use --dtype bfloat16 or float32) or a fault of an attention kernel "
+        "(python benchmarks/gpu_check.py tests this machine's kernels)"
+    )
+
+
+def cache_kwarg(model: PreTrainedModel) -> str:
+    """The name of the forward's cache argument: ``cache`` (transformers >= 5.x, where
+    ``past_key_values`` is deprecated) or ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass
@@ -158,17 +253,17 @@ class _Batch:
         cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=attention_mask_for(self.model, mask, width),
             position_ids=pos,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=last_positions(1, width, dev),
+            **{cache_kwarg(self.model): cache},
         )
         new_pos = mask.sum(-1)
         if self.cache is None:
-            self.cache, self.mask, self.pos = self._grow(out.past_key_values), mask, new_pos
+            self.cache, self.mask, self.pos = self._grow(cache), mask, new_pos
         else:
-            self._join(out.past_key_values, mask, new_pos)
+            self._join(cache, mask, new_pos)
         return out.logits[:, -1]
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> None:
@@ -190,14 +285,15 @@ class _Batch:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row ``[B]``; returns the next-token logits ``[B, V]``."""
+        """Feed one token per row ``[B]``; returns the next-token logits ``[B, V]``. The 2D mask
+        goes as it is: each query is a token, so it sees at least its own column."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.size, 1)], 1)
         out = self.model(
             input_ids=tokens[:, None],
             attention_mask=self.mask,
             position_ids=self.pos[:, None],
-            past_key_values=self.cache,
             use_cache=True,
+            **{cache_kwarg(self.model): self.cache},
         )
         self.pos = self.pos + 1
         return out.logits[:, -1]
@@ -256,21 +352,36 @@ def _argmax(scores: torch.Tensor, index: list[int], steps: list[int]) -> torch.T
 @dataclass
 class TopPSampler:
     """Sampling with ``temperature`` and nucleus ``top_p`` (temperature first, then the
-    smallest set of tokens whose probability reaches ``top_p``). The draw of row ``i`` at
-    step ``t`` uses its own generator seeded from ``(seeds[i], t)``, so a sequence does
-    not depend on which others share its batch or on restarts."""
+    smallest set of tokens whose probability reaches ``top_p``). Row ``i``'s draw at step ``t``
+    is the inverse CDF of its nucleus at a uniform number from its own generator seeded from
+    ``(seeds[i], t)``, so a sequence does not depend on which others share its batch or on
+    restarts. The probabilities stay on the model's device: only one number per row travels
+    there, none back."""
 
     temperature: float
     top_p: float
     seeds: list[int]
 
     def __call__(self, scores: torch.Tensor, index: list[int], steps: list[int]) -> torch.Tensor:
-        probs = nucleus_probs(scores.float(), self.temperature, self.top_p).cpu()
-        out = []
-        for row, i, t in zip(probs, index, steps):
-            g = torch.Generator().manual_seed((self.seeds[i] * 1_000_003 + t) % 2**63)
-            out.append(int(torch.multinomial(row, 1, generator=g)))
-        return torch.tensor(out, device=scores.device)
+        probs = nucleus_probs(scores.float(), self.temperature, self.top_p)
+        u = torch.tensor([self.uniform(i, t) for i, t in zip(index, steps)], dtype=torch.float64)
+        return inverse_cdf(probs, u.to(scores.device))
+
+    def uniform(self, i: int, step: int) -> float:
+        """Row ``i``'s uniform number in [0, 1) at ``step`` (float64, drawn on the CPU)."""
+        g = torch.Generator().manual_seed((self.seeds[i] * 1_000_003 + step) % 2**63)
+        return float(torch.rand((), generator=g, dtype=torch.float64))
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row of ``probs`` ``[B, V]`` (each summing to about 1), the token whose cumulative
+    probability interval holds ``u[b]`` times the row's total ``[B]``: the first id whose
+    cumulative sum (float64) exceeds it, never an id of probability 0."""
+    cdf = probs.double().cumsum(-1)
+    target = (u * cdf[:, -1])[:, None]
+    ids = torch.searchsorted(cdf, target, right=True)[:, 0]
+    last = (probs > 0).cumsum(-1).argmax(-1)  # the last id with probability > 0
+    return torch.minimum(ids, last)
 
 
 def nucleus_probs(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -336,15 +447,24 @@ def greedy_decode(
                 on_result,
                 pick,
             )
+            continue
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
-            batch_size //= 2
-            log.warning("out of memory; decoding again with batch size %d", batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            queue = sorted((i for i in range(len(prompts)) if i not in results), key=lambda i: -len(prompts[i]))
+        # out of the except block: the traceback, which holds the failed batch's KV cache, is gone
+        batch_size //= 2
+        log.warning("out of memory; decoding again with batch size %d", batch_size)
+        release_memory()
+        queue = sorted((i for i in range(len(prompts)) if i not in results), key=lambda i: -len(prompts[i]))
     return [results[i] for i in range(len(prompts))]
+
+
+def release_memory() -> None:
+    """Hand the memory of tensors no longer referenced back to the device (call it once the
+    references are gone: outside an ``except`` block, whose traceback keeps the frames alive)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _decode(
@@ -358,6 +478,8 @@ def _decode(
     def choose(logits: list[torch.Tensor], start: int) -> None:
         """Pick the next token of rows ``start:``; finish rows that stop or reach the budget."""
         nonlocal pending
+        for x in logits:
+            require_finite(x, "decoding")
         at = range(start, len(rows.index))
         tokens = pick(combine(logits), [rows.index[r] for r in at], [len(rows.ids[r]) for r in at])
         for r, tok in enumerate(tokens.tolist(), start):
@@ -428,9 +550,12 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
 
 
 def free_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: CUDA's free memory, or the system's available memory."""
+    """Free bytes on ``device``: on CUDA the device's free memory plus what PyTorch's caching
+    allocator holds reserved but unused (``mem_get_info`` counts that as used, yet our tensors
+    get it first); elsewhere the system's available memory."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + max(0, cached)
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
-from .decoding import Completion, greedy_decode, last_positions
+from .decoding import Completion, attention_mask_for, greedy_decode, last_positions, release_memory, require_finite
 from .distributed import barrier, main_lock, open_shard, shard
 from .errors import LightReasonerError
 from .io import (
@@ -168,10 +168,14 @@ def teacher_forced_logits(model: PreTrainedModel, trajs: list[Trajectory], pad: 
     ids, mask, width, gmax = _batch_tensors(trajs, pad, model.device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     keep = last_positions(gmax + 1, ids.shape[1], ids.device)
+    attention = attention_mask_for(model, mask, ids.shape[1])  # left-padding queries see themselves
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep
+        input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=keep
     ).logits  # [B, G+1, V]; index j is position width-1+j, predicting generated token j
-    return [logits[i, : len(t.generated_ids)] for i, t in enumerate(trajs)]
+    out = [logits[i, : len(t.generated_ids)] for i, t in enumerate(trajs)]
+    for x in out:
+        require_finite(x, "teacher-forced scoring")
+    return out
 
 
 @torch.inference_mode()
@@ -305,28 +309,38 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError(f"--expert-scoring {cfg.expert_scoring!r}: choose generation or teacher-forced")
     if cfg.max_problems is not None and cfg.max_problems < 1:
         raise LightReasonerError("--max-problems: must be at least 1")
-    if cfg.backend not in ("hf", "vllm"):
-        raise LightReasonerError(f"--backend {cfg.backend!r}: choose hf or vllm")
+    if cfg.backend not in ("hf", "vllm", "auto"):
+        raise LightReasonerError(f"--backend {cfg.backend!r}: choose hf, vllm or auto")
     if cfg.backend == "vllm" and cfg.reference_scoring:
         raise LightReasonerError("--reference-scoring is a check of the hf backend's fast path; use --backend hf")
 
 
 def resolve_backend(cfg: SampleConfig, src_e: ModelSource) -> SampleConfig:
-    """With ``--backend vllm`` the expert's distributions come from a teacher-forced pass (vLLM
-    returns no full-vocabulary logits); stop early if vLLM, a GPU or a usable setting is missing."""
-    if cfg.backend != "vllm":
+    """The backend that decodes the expert's trajectories. ``auto`` is vLLM where it is installed,
+    a GPU is visible and it can serve the run (not a GGUF expert, no reference scoring, a CUDA
+    device, no remote code: :func:`evaluation.generation.vllm_obstacles`), else hf; ``vllm``
+    where it cannot stops here. With vLLM the expert's distributions come from a teacher-forced
+    pass (vLLM returns no full-vocabulary logits)."""
+    if cfg.backend == "hf":
         return cfg
-    from .evaluation.generation import check_engine_options, check_launch, vllm_available
+    from .evaluation.generation import check_engine_options, check_launch, choose_backend, vllm_obstacles
 
     check_engine_options(cfg.tensor_parallel_size, cfg.gpu_memory_utilization)
-    if src_e.gguf_file:
-        raise LightReasonerError(f"--backend vllm: the expert {cfg.expert} is a GGUF file; use --backend hf")
-    if not vllm_available():
-        raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible; use --backend hf")
+    backend = choose_backend(
+        cfg.backend,
+        lambda: vllm_obstacles(
+            gguf=bool(src_e.gguf_file),
+            device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code,
+            reference_scoring=cfg.reference_scoring,
+        ),
+    )
+    if backend == "hf":
+        return replace(cfg, backend="hf")
     check_launch(cfg.tensor_parallel_size)
     if cfg.expert_scoring != "teacher-forced":
         log.info("--backend vllm: the expert's distributions come from a teacher-forced pass")
-    return replace(cfg, expert_scoring="teacher-forced")
+    return replace(cfg, backend="vllm", expert_scoring="teacher-forced")
 
 
 def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
@@ -396,10 +410,10 @@ def forced_in_pieces(model: PreTrainedModel, trajs: list[Trajectory], pad: int) 
     except torch.OutOfMemoryError:
         if len(trajs) == 1:
             raise
-        log.warning("out of memory scoring %d trajectories together; scoring them one by one", len(trajs))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return [x for t in trajs for x in teacher_forced_logits(model, [t], pad)]
+    # out of the except block: the traceback, which holds the failed pass's tensors, is gone
+    log.warning("out of memory scoring %d trajectories together; scoring them one by one", len(trajs))
+    release_memory()
+    return [x for t in trajs for x in teacher_forced_logits(model, [t], pad)]
 
 
 def _sample_batches(

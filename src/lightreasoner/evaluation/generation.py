@@ -43,6 +43,13 @@ class Generated:
 OnResult = Callable[[int, Generated], None]
 
 
+def generated(tok: PreTrainedTokenizerBase, comp: Completion) -> Generated:
+    """A completion as evaluation reports it, the same for every backend: the text of its ids
+    without the stop id (special tokens skipped), the ids it took, cut off when unfinished."""
+    body = comp.ids[:-1] if comp.finished else comp.ids
+    return Generated(tok.decode(body, skip_special_tokens=True), len(comp.ids), not comp.finished)
+
+
 @dataclass
 class Contrastive:
     """Contrastive decoding against ``amateur`` (see :func:`decoding.contrastive_scores`)."""
@@ -75,12 +82,7 @@ class HFGenerator:
 
     def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
         ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-
-        def wrap(i: int, comp) -> Generated:
-            body = comp.ids[:-1] if comp.finished else comp.ids
-            return Generated(self.tok.decode(body, skip_special_tokens=True), len(comp.ids), not comp.finished)
-
-        callback = None if on_result is None else (lambda i, comp: on_result(i, wrap(i, comp)))
+        callback = None if on_result is None else (lambda i, comp: on_result(i, generated(self.tok, comp)))
         comps = greedy_decode(
             self.models,
             ids,
@@ -91,7 +93,7 @@ class HFGenerator:
             combine=self.combine,
             on_result=callback,
         )
-        return [wrap(i, c) for i, c in enumerate(comps)]
+        return [generated(self.tok, c) for c in comps]
 
 
 class VLLMGenerator:
@@ -122,45 +124,54 @@ class VLLMGenerator:
         if gpu_memory_utilization is not None:
             engine["gpu_memory_utilization"] = gpu_memory_utilization
         if adapter:
+            refuse_adapter(adapter)
             engine.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_slot(adapter))
         with own_gpu(tensor_parallel_size):
             self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
+        self.tok = tokenizer
         self.stops = end_token_ids(checkpoint_eos(model), tokenizer, chat_ends=True)
         self.params = greedy_sampling_params(max_new_tokens, self.stops)
         self.lora = LoRARequest("adapter", 1, adapter) if adapter else None
 
-    def _outputs(self, prompts: list[str] | list[dict], progress: bool = False) -> Iterator[tuple[int, Any]]:
-        """``(index, CompletionOutput)`` per prompt, in order, :data:`VLLM_CHUNK` prompts per call."""
-        for start in range(0, len(prompts), VLLM_CHUNK):
-            outs = self.llm.generate(
-                prompts[start : start + VLLM_CHUNK], self.params, lora_request=self.lora, use_tqdm=progress
-            )
+    def _outputs(self, prompt_ids: list[list[int]], progress: bool = False) -> Iterator[tuple[int, Any]]:
+        """``(index, CompletionOutput)`` per prompt, in order, :data:`VLLM_CHUNK` prompts per call.
+        Prompts go as token ids (vLLM's ``TokensPrompt``): a text prompt would be tokenised again
+        with special tokens added (``InputPreprocessor._tokenize_prompt`` calls
+        ``tokenizer.encode(prompt)``), a second BOS for Llama- or Mistral-style tokenizers."""
+        for start in range(0, len(prompt_ids), VLLM_CHUNK):
+            chunk = [{"prompt_token_ids": list(p)} for p in prompt_ids[start : start + VLLM_CHUNK]]
+            outs = self.llm.generate(chunk, self.params, lora_request=self.lora, use_tqdm=progress)
             for i, o in enumerate(outs, start):
                 yield i, o.outputs[0]
 
     def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
-        results: list[Generated] = []
-        for i, c in self._outputs(prompts):
-            gen = Generated(c.text, len(c.token_ids), c.finish_reason == "length")
-            results.append(gen)
-            if on_result is not None:
-                on_result(i, gen)
-        return results
+        """Completions of chat-formatted ``prompts``, tokenised as the transformers backend does
+        (no special tokens added) and reported as it reports them (:func:`generated`)."""
+        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        callback = None if on_result is None else (lambda i, comp: on_result(i, generated(self.tok, comp)))
+        return [generated(self.tok, c) for c in self.generate_ids(ids, on_result=callback)]
 
-    def generate_ids(self, prompt_ids: list[list[int]], progress: bool = False) -> list[Completion]:
+    def generate_ids(
+        self,
+        prompt_ids: list[list[int]],
+        progress: bool = False,
+        on_result: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
         """Completions of tokenised prompts, as :func:`decoding.greedy_decode` gives them: the
         ids up to and including the first stop id (vLLM keeps it in ``token_ids``), at most the
         budget; ``finished`` when the last id is a stop id."""
         comps: list[Completion] = []
-        for i, c in self._outputs([{"prompt_token_ids": list(p)} for p in prompt_ids], progress):
+        for i, c in self._outputs(prompt_ids, progress):
             ids = list(c.token_ids)
             finished = bool(ids) and ids[-1] in self.stops
             if c.finish_reason not in ("stop", "length") or (c.finish_reason == "stop" and not finished):
                 raise LightReasonerError(
                     f"vLLM ended prompt {i} with finish_reason {c.finish_reason!r} (stop_reason {c.stop_reason!r}) "
-                    "and no stop id; this vLLM version is not supported for sampling, use --backend hf"
+                    "and no stop id; this vLLM version is not supported for sampling or evaluation, use --backend hf"
                 )
             comps.append(Completion(ids, finished))
+            if on_result is not None:
+                on_result(i, comps[-1])
         return comps
 
     def close(self) -> None:
@@ -175,12 +186,107 @@ class VLLMGenerator:
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``max_lora_rank`` values vLLM accepts (``MaxLoRARanks`` in vllm/config/lora.py)."""
+
+
+def adapter_config(adapter: str) -> dict:
+    path = Path(adapter) / "adapter_config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LightReasonerError(f"--adapter {adapter}: no readable adapter_config.json ({e})") from None
+
+
+def adapter_obstacles(adapter: str) -> list[str]:
+    """What in a PEFT adapter vLLM's LoRA cannot serve: a rank above its largest
+    ``max_lora_rank`` (vllm/config/lora.py), ``modules_to_save`` and DoRA (refused by
+    ``PEFTHelper._validate_features``, vllm/lora/peft_helper.py), a bias, and per-module ranks
+    or alphas (``PEFTHelper`` reads only the global ``r`` and ``lora_alpha``)."""
+    cfg = adapter_config(adapter)
+    out = []
+    if int(cfg.get("r", 0)) > VLLM_LORA_RANKS[-1]:
+        out.append(f"the adapter's rank r={cfg['r']} is above {VLLM_LORA_RANKS[-1]}, the largest vLLM serves")
+    if cfg.get("modules_to_save"):
+        out.append(f"the adapter fully trains {cfg['modules_to_save']} (modules_to_save), which vLLM refuses")
+    if cfg.get("use_dora"):
+        out.append("the adapter is a DoRA adapter, which vLLM refuses")
+    if cfg.get("bias", "none") != "none":
+        out.append(f"the adapter trains biases (bias={cfg['bias']!r}), which vLLM's LoRA does not")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        out.append("the adapter has per-module ranks or alphas, which vLLM ignores (it scales by lora_alpha / r)")
+    return out
+
+
+def refuse_adapter(adapter: str) -> None:
+    """Stop before a vLLM engine starts when vLLM cannot serve ``adapter``."""
+    problems = adapter_obstacles(adapter)
+    if problems:
+        raise LightReasonerError(f"--backend vllm: {'; '.join(problems)}; use --backend hf")
 
 
 def lora_rank_slot(adapter: str) -> int:
     """The smallest ``max_lora_rank`` vLLM accepts that holds the adapter's rank ``r``."""
-    r = int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
-    return next((k for k in VLLM_LORA_RANKS if k >= r), r)
+    r = int(adapter_config(adapter)["r"])
+    slot = next((k for k in VLLM_LORA_RANKS if k >= r), None)
+    if slot is None:
+        raise LightReasonerError(
+            f"--backend vllm: the adapter's rank r={r} is above {VLLM_LORA_RANKS[-1]}, the largest max_lora_rank "
+            "vLLM accepts; use --backend hf"
+        )
+    return slot
+
+
+def vllm_obstacles(
+    *,
+    gguf: bool = False,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    contrastive: bool = False,
+    reference_scoring: bool = False,
+) -> list[str]:
+    """Why a vLLM engine cannot serve a request (empty: it can), each naming its option.
+
+    Contrastive decoding and reference scoring need the full logits at every step, which vLLM
+    does not return; a GGUF file loads through transformers' own GGUF reader here (vLLM's GGUF
+    support wants another tokenizer and a subset of quantisations); a device other than CUDA;
+    code shipped with the checkpoint (vLLM runs its own model code, not the checkpoint's); an
+    adapter vLLM's LoRA refuses (:func:`adapter_obstacles`)."""
+    out = []
+    if contrastive:
+        out.append("--contrastive-amateur: contrastive decoding needs both models' logits at every step")
+    if reference_scoring:
+        out.append("--reference-scoring checks the hf backend's fast path")
+    if gguf:
+        out.append("the model is a GGUF file")
+    if not (device == "auto" or device.startswith("cuda")):
+        out.append(f"--device {device}")
+    if trust_remote_code:
+        out.append("--trust-remote-code: the checkpoint's own model code runs only in transformers")
+    if adapter:
+        out += adapter_obstacles(adapter)
+    return out
+
+
+def choose_backend(backend: str, obstacles: Callable[[], list[str]]) -> str:
+    """``auto`` → ``vllm`` when vLLM is installed, a GPU is visible and ``obstacles()`` (see
+    :func:`vllm_obstacles`, asked only then) finds nothing in the way, else ``hf``; ``vllm``
+    without vLLM or with an obstacle is an error."""
+    if backend not in ("auto", "hf", "vllm"):
+        raise LightReasonerError(f"--backend {backend!r}: choose auto, hf or vllm")
+    if backend == "hf":
+        return "hf"
+    if not vllm_available():
+        if backend == "auto":
+            return "hf"
+        raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible; use --backend hf")
+    found = obstacles()
+    if not found:
+        return "vllm"
+    if backend == "auto":
+        log.info("--backend auto: hf, since vLLM cannot serve this (%s)", "; ".join(found))
+        return "hf"
+    raise LightReasonerError(f"--backend vllm: {'; '.join(found)}; use --backend hf (or auto)")
 
 
 def check_engine_options(tensor_parallel_size: int, gpu_memory_utilization: float | None) -> None:

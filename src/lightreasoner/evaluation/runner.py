@@ -36,7 +36,7 @@ from ..models import (
 )
 from ..prompts import build_prompt
 from .benchmarks import get_benchmark, grade_completion, load_items
-from .generation import Contrastive, HFGenerator, VLLMGenerator, check_launch, vllm_available
+from .generation import Contrastive, HFGenerator, VLLMGenerator, check_launch, choose_backend, vllm_obstacles
 
 FINGERPRINT = "fingerprint.json"
 DISPLAY = {
@@ -134,15 +134,23 @@ def in_order(rows: list[dict], items: list) -> list[dict]:
     return [by_id[it.id] for it in items if it.id in by_id]
 
 
-def check_backend(backend: str) -> str:
-    """``auto`` → ``vllm`` when it is installed and a GPU is visible, else ``hf``."""
-    if backend not in ("auto", "hf", "vllm"):
-        raise LightReasonerError(f"--backend {backend!r}: choose auto, hf or vllm")
-    if backend == "auto":
-        return "vllm" if vllm_available() else "hf"
-    if backend == "vllm" and not vllm_available():
-        raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible")
-    return backend
+def check_backend(cfg: EvalConfig) -> str:
+    """The backend that serves ``cfg``: ``auto`` → ``vllm`` where it is installed, a GPU is
+    visible and vLLM can serve this evaluation (no contrastive decoding, no GGUF file, a CUDA
+    device, no remote code, an adapter its LoRA takes: :func:`generation.vllm_obstacles`), else
+    ``hf``; ``vllm`` where it cannot is an error that says why."""
+
+    def obstacles() -> list[str]:
+        src = resolve_source(cfg.model, cfg.allow_pickle, "model")
+        return vllm_obstacles(
+            gguf=bool(src.gguf_file),
+            device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code,
+            adapter=cfg.adapter,
+            contrastive=bool(cfg.contrastive_amateur),
+        )
+
+    return choose_backend(cfg.backend, obstacles)
 
 
 GRADERS = ("toolkit", "strict")
@@ -216,7 +224,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     if cfg.batch_size < 0:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
     names = benchmark_names(cfg.benchmarks)
-    backend = check_backend(cfg.backend)
+    backend = check_backend(cfg)
     check_contrastive(cfg, backend)
     check_vllm_options(cfg)
     if backend == "vllm":
