@@ -392,3 +392,20 @@ def test_text_prompts_would_get_a_second_bos(tmp_path):
     (g,) = gen.generate([text])
     assert seen[0]["prompt_token_ids"][:2] != [bos, bos] and seen[0]["prompt_token_ids"][0] == bos
     assert g.tokens == 2 and not g.cut_off
+
+
+def test_a_non_finite_training_loss_stops_training(monkeypatch):
+    """The Trainer only leaves a NaN loss out of its logs; our trainers stop with a clear error."""
+    import types
+
+    from transformers import Trainer
+
+    from lightreasoner.training import SeenTrainer
+
+    losses = iter([torch.tensor(0.5), torch.tensor(math.nan)])
+    monkeypatch.setattr(Trainer, "training_step", lambda self, model, inputs, n=None: next(losses))
+    trainer = SeenTrainer.__new__(SeenTrainer)
+    trainer.state = types.SimpleNamespace(global_step=3)
+    assert float(trainer.training_step(None, {})) == 0.5
+    with pytest.raises(LightReasonerError, match="loss is nan at optimizer step 3.*TORCH_CUDNN_SDPA_DEPRIORITIZED"):
+        trainer.training_step(None, {})

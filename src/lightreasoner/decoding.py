@@ -149,7 +149,8 @@ def require_finite(logits: torch.Tensor, what: str) -> None:
     raise NonFiniteLogits(
         f"{what}: {bad} of {top.numel()} rows of logits are NaN or infinite. This is a numerical fault, not a "
         "result: usually float16 overflow (use --dtype bfloat16 or float32) or a fault of an attention kernel "
-        "(python benchmarks/gpu_check.py tests this machine's kernels)"
+        "(TORCH_CUDNN_SDPA_DEPRIORITIZED=1 keeps PyTorch off cuDNN attention; python benchmarks/gpu_check.py "
+        "tests this machine's kernels)"
     )
 
 

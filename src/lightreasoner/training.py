@@ -188,6 +188,18 @@ def soft_label_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> 
 SEEN_RECORDS = "seen_records.json"
 
 
+def require_finite_loss(loss: torch.Tensor, step: int) -> None:
+    """Stop with a clear error when a micro-batch's loss (a scalar) is NaN or infinite."""
+    if bool(torch.isfinite(loss).all()):
+        return
+    raise LightReasonerError(
+        f"the training loss is {float(loss)} at optimizer step {step}. This is a numerical fault, not a result: "
+        "usually float16 overflow (use --dtype bfloat16) or an attention kernel's gradients (on H100/H200, "
+        "PyTorch's cuDNN attention can give NaN query gradients with a padding mask, PyTorch issue 196678; "
+        "TORCH_CUDNN_SDPA_DEPRIORITIZED=1 keeps PyTorch off it). python benchmarks/gpu_check.py tests this machine."
+    )
+
+
 class SeenTrainer(Trainer):
     """The transformers Trainer, noting which dataset rows (``record_index`` of each batch)
     received a loss; the set is saved with each checkpoint and restored on resume."""
@@ -198,6 +210,13 @@ class SeenTrainer(Trainer):
 
     def note_seen(self, inputs: dict) -> None:
         self.seen.update(inputs["record_index"].tolist())
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """The Trainer's step, stopped at a non-finite loss (the Trainer itself only leaves such
+        a loss out of its logs and steps on with NaN gradients)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        require_finite_loss(loss, self.state.global_step)
+        return loss
 
     def all_seen(self) -> set[int]:
         """The rows seen by every process (each process notes only its own batches)."""
