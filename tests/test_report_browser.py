@@ -78,7 +78,10 @@ def open_page(browser, path: Path):
 def test_report_of_a_tiny_run_in_chromium(tiny_run, browser, tmp_path):
     report = json.loads((tiny_run / "report.json").read_text())
     page, errors = open_page(browser, tiny_run / "report.html")
-    assert page.locator("table.md").count() >= 3 and page.locator("img.plot").count() == 3
+    plots = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (tiny_run / "report.md").read_text())  # report.md's images
+    assert page.locator("table.md").count() >= 3 and len(plots) >= 3
+    srcs = [img.get_attribute("src") for img in page.locator("img.plot").all()]
+    assert len(srcs) == len(plots) and all(s.startswith("data:image/png;base64,") for s in srcs)
 
     page.click("#tab-training")
     page.locator(".tok.sel").first.click()
