@@ -198,8 +198,14 @@ def test_study_cpu_config_and_extends(tmp_path):
     # extends: default is the packaged default experiment, wherever the package is installed
     study = load_run_config(str(REPO / "configs" / "default-study.yaml"), {}, quick=False)
     default = load_run_config(None, {}, quick=False)
-    assert study.out == default.out and (study.max_problems, study.eval_limit) == (48, 128)
-    assert study.train == default.train and split_list(study.methods) == ["lightr", "sft", "cd"]
+    assert study.out == default.out and (study.max_problems, study.eval_limit) == (320, 400)
+    assert study.train == default.train and split_list(study.methods) == [
+        "lightr",
+        "sft",
+        "lightr-no-select",
+        "lightr-no-contrast",
+        "cd",
+    ]
 
 
 def test_run_command_reports_bad_config(tmp_path, capsys):
