@@ -1,0 +1,45 @@
+"""benchmarks/gpu_check.py on a machine without CUDA: it refuses plainly, and its CPU subset
+runs, labelled as such, with the GPU-only checks skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even where there is one
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True)
+
+
+def test_without_cuda_it_says_so_and_exits_non_zero():
+    done = run_check()
+    assert done.returncode == 2
+    assert "no CUDA device is visible" in done.stderr and "--cpu-subset" in done.stderr
+    assert "PASS" not in done.stdout
+
+
+def test_the_cpu_subset_runs_and_says_it_is_no_gpu_check(tmp_path):
+    done = run_check("--cpu-subset", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CPU SUBSET (no CUDA device: this is not a GPU check)" in done.stdout
+    results = {r["name"]: r for r in json.loads((tmp_path / "gpu_check.json").read_text())}
+    assert {n: r["status"] for n, r in results.items()} == {
+        "sdpa": "PASS",
+        "sdpa-backward": "SKIP",
+        "decoder": "PASS",
+        "vllm-sample": "SKIP",
+        "train": "PASS",
+        "vllm-eval": "SKIP",
+        "two-gpus": "SKIP",
+    }
+    assert "vLLM needs CUDA" in results["vllm-sample"]["figures"]
+    assert any("12/12 batched = alone" in f for f in results["decoder"]["figures"])
+    assert any("4 steps with activation checkpointing" in f for f in results["train"]["figures"])
+    assert done.stdout.rstrip().endswith("3 pass, 0 warn, 0 fail, 4 skip (CPU subset)")
