@@ -287,6 +287,9 @@ def test_adapters_vllm_cannot_serve(tmp_path):
     big = write_adapter(tmp_path / "big", r=1024)
     with pytest.raises(LightReasonerError, match="r=1024 is above 512"):
         generation.lora_rank_slot(big)
+    with pytest.raises(LightReasonerError, match="--max-lora-rank 256 is below the adapter's rank r=300"):
+        generation.refuse_adapter(plain, 256)
+    generation.refuse_adapter(plain, 320)
     for name, kw, says in (
         ("big2", {"r": 1024}, "above 512"),
         ("saved", {"modules_to_save": ["lm_head"]}, "modules_to_save"),

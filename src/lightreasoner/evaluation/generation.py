@@ -124,7 +124,7 @@ class VLLMGenerator:
         if gpu_memory_utilization is not None:
             engine["gpu_memory_utilization"] = gpu_memory_utilization
         if adapter:
-            refuse_adapter(adapter)
+            refuse_adapter(adapter, max_lora_rank)
             engine.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_slot(adapter))
         with own_gpu(tensor_parallel_size):
             self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
@@ -217,9 +217,13 @@ def adapter_obstacles(adapter: str) -> list[str]:
     return out
 
 
-def refuse_adapter(adapter: str) -> None:
-    """Stop before a vLLM engine starts when vLLM cannot serve ``adapter``."""
+def refuse_adapter(adapter: str, max_lora_rank: int | None = None) -> None:
+    """Stop before a vLLM engine starts when vLLM cannot serve ``adapter`` (or, given
+    ``max_lora_rank``, when the adapter's rank is above it: vLLM would refuse it at its first request)."""
     problems = adapter_obstacles(adapter)
+    r = int(adapter_config(adapter).get("r", 0))
+    if max_lora_rank is not None and r > max_lora_rank:
+        problems.append(f"--max-lora-rank {max_lora_rank} is below the adapter's rank r={r}")
     if problems:
         raise LightReasonerError(f"--backend vllm: {'; '.join(problems)}; use --backend hf")
 
