@@ -73,6 +73,9 @@ class Setup:
     records: str = ""
     adapter: str = ""
     vllm: bool = False
+    prompts: int = 12  # prompts each decoding comparison takes
+    tokens: int = 24  # new tokens per completion
+    eval_limit: int = 8  # GSM8K problems each evaluation takes
 
     @property
     def log(self) -> Path:
@@ -271,13 +274,13 @@ def check_decoder(s: Setup) -> Result:
     from lightreasoner.models import load_model, load_tokenizer
 
     tok = load_tokenizer(s.expert)
-    prompts = prompts_of_many_lengths(tok)
+    prompts = prompts_of_many_lengths(tok, s.prompts)
     figures, failed = [], False
     dtypes = [torch.float32, torch.bfloat16] if s.device.type == "cuda" else [torch.float32]
     for dtype in dtypes:
         model = load_model(s.expert, dtype, s.device)
-        batched = greedy_decode(model, prompts, 24, [], tok.pad_token_id, 8, keep_logits=True)
-        alone = greedy_decode(model, prompts, 24, [], tok.pad_token_id, 1)
+        batched = greedy_decode(model, prompts, s.tokens, [], tok.pad_token_id, 8, keep_logits=True)
+        alone = greedy_decode(model, prompts, s.tokens, [], tok.pad_token_id, 1)
         finite = all(bool(torch.isfinite(c.logits).all()) for c in batched)
         same, near, real = compare_ids(model, prompts, [c.ids for c in batched], [c.ids for c in alone])
         name = str(dtype).removeprefix("torch.")
@@ -289,8 +292,8 @@ def check_decoder(s: Setup) -> Result:
         figures += [f"{name} divergence {x}" for x in real]
         figures.append(f"{name}: plain 2D left-padded mask gives {plain_mask_nan_rows(model, prompts)} NaN logit rows")
         sampler = TopPSampler(0.7, 0.95, list(range(len(prompts))))
-        drawn = greedy_decode(model, prompts, 16, [], tok.pad_token_id, 8, pick=sampler)
-        drawn_alone = greedy_decode(model, prompts, 16, [], tok.pad_token_id, 1, pick=sampler)
+        drawn = greedy_decode(model, prompts, s.tokens, [], tok.pad_token_id, 8, pick=sampler)
+        drawn_alone = greedy_decode(model, prompts, s.tokens, [], tok.pad_token_id, 1, pick=sampler)
         same_draws = sum(a.ids == b.ids for a, b in zip(drawn, drawn_alone))
         failed |= dtype == torch.float32 and same_draws < len(prompts) - near  # a near-tie may change a draw
         figures.append(f"{name}: top-p samples batched = alone for {same_draws}/{len(prompts)}")
@@ -310,7 +313,7 @@ def plain_mask_nan_rows(model, prompts: list[list[int]]) -> int:
 
 def sample_args(s: Setup, out: Path, backend: str) -> list[str]:
     return ["sample", "--expert", s.expert, "--amateur", s.amateur, "--data", s.problems, "--out", str(out),
-            "--max-new-tokens", "24", "--beta=-inf", "--backend", backend, "--gpu-memory-utilization", "0.3",
+            "--max-new-tokens", str(s.tokens), "--beta=-inf", "--backend", backend, "--gpu-memory-utilization", "0.3",
             "--overwrite"]  # fmt: skip
 
 
@@ -340,9 +343,9 @@ def check_vllm_sample(s: Setup) -> Result:
     from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 
     tok = load_tokenizer(s.expert)
-    prompts = prompts_of_many_lengths(tok)
+    prompts = prompts_of_many_lengths(tok, s.prompts)
     before = free_gpu_bytes(s.device)
-    gen = VLLMGenerator(s.expert, tok, 24, "bfloat16", gpu_memory_utilization=0.3)
+    gen = VLLMGenerator(s.expert, tok, s.tokens, "bfloat16", gpu_memory_utilization=0.3)
     try:
         theirs = [c.ids for c in gen.generate_ids(prompts)]
     finally:
@@ -350,7 +353,7 @@ def check_vllm_sample(s: Setup) -> Result:
     back = free_gpu_bytes(s.device, wait_for=before - 2**30)
     model = load_model(s.expert, torch.bfloat16, s.device)
     stops = end_token_ids(model.generation_config.eos_token_id, tok, chat_ends=True)
-    ours = [c.ids for c in greedy_decode(model, prompts, 24, stops, tok.pad_token_id, 8)]
+    ours = [c.ids for c in greedy_decode(model, prompts, s.tokens, stops, tok.pad_token_id, 8)]
     same, near, real = compare_ids(model, prompts, ours, theirs)
     hf_out, v_out = s.root / "records-hf.jsonl", s.root / "records-vllm.jsonl"
     ensure_records(s)
@@ -398,8 +401,8 @@ def check_train(s: Setup) -> Result:
 
 
 def eval_args(s: Setup, out: Path, backend: str) -> list[str]:
-    return ["eval", "--model", s.expert, "--adapter", s.adapter, "--benchmarks", "gsm8k", "--limit", "8",
-            "--max-new-tokens", "24", "--dtype", "bfloat16", "--backend", backend, "--out", str(out),
+    return ["eval", "--model", s.expert, "--adapter", s.adapter, "--benchmarks", "gsm8k", "--limit", str(s.eval_limit),
+            "--max-new-tokens", str(s.tokens), "--dtype", "bfloat16", "--backend", backend, "--out", str(out),
             "--gpu-memory-utilization", "0.3", "--overwrite"]  # fmt: skip
 
 
@@ -411,15 +414,15 @@ def check_vllm_eval(s: Setup) -> Result:
     if not s.adapter:
         return Result("vllm-eval", "SKIP", ["no adapter: the train check did not pass"])
     tok = load_tokenizer(s.expert)
-    prompts = prompts_of_many_lengths(tok)
-    gen = VLLMGenerator(s.expert, tok, 24, "bfloat16", adapter=s.adapter, gpu_memory_utilization=0.3)
+    prompts = prompts_of_many_lengths(tok, s.prompts)
+    gen = VLLMGenerator(s.expert, tok, s.tokens, "bfloat16", adapter=s.adapter, gpu_memory_utilization=0.3)
     try:
         theirs = [c.ids for c in gen.generate_ids(prompts)]
     finally:
         gen.close()
     model = load_with_adapter(load_model(s.expert, torch.bfloat16, s.device), s.adapter).merge_and_unload()
     stops = end_token_ids(model.generation_config.eos_token_id, tok, chat_ends=True)
-    ours = [c.ids for c in greedy_decode(model, prompts, 24, stops, tok.pad_token_id, 8)]
+    ours = [c.ids for c in greedy_decode(model, prompts, s.tokens, stops, tok.pad_token_id, 8)]
     same, near, real = compare_ids(model, prompts, ours, theirs)
     codes = {b: cli(s, *eval_args(s, s.root / f"eval-{b}", b)) for b in ("hf", "vllm")}
     rows = {b: (s.root / f"eval-{b}" / "gsm8k.jsonl").read_text().splitlines() for b in codes if codes[b] == 0}
@@ -427,7 +430,7 @@ def check_vllm_eval(s: Setup) -> Result:
     figures = [
         f"completions (adapter merged in hf, LoRA in vLLM): {same}/{len(prompts)} identical, {near} near-ties",
         *[f"divergence {x}" for x in real],
-        f"eval --adapter: exit hf {codes['hf']}, vllm {codes['vllm']}; {agree}/8 rows identical",
+        f"eval --adapter: exit hf {codes['hf']}, vllm {codes['vllm']}; {agree}/{s.eval_limit} rows identical",
     ]
     ok = not real and set(codes.values()) == {0}
     return Result("vllm-eval", "PASS" if ok else "FAIL", figures)

@@ -43,3 +43,21 @@ def test_the_cpu_subset_runs_and_says_it_is_no_gpu_check(tmp_path):
     assert any("12/12 batched = alone" in f for f in results["decoder"]["figures"])
     assert any("4 steps with activation checkpointing" in f for f in results["train"]["figures"])
     assert done.stdout.rstrip().endswith("3 pass, 0 warn, 0 fail, 4 skip (CPU subset)")
+
+
+def test_the_gpu_checks_code_runs_against_the_vllm_stand_in(tmp_path, stand_in_vllm, monkeypatch):
+    """The checks that need a GPU and vLLM, run here on the CPU with the stand-in vLLM (which
+    decodes with transformers and ignores adapters): their code runs to a verdict."""
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "free_gpu_bytes", lambda device, wait_for=None, patience_s=0.0: 8 * 2**30)
+    s = gpu_check.Setup(torch.device("cpu"), tmp_path, vllm=True, prompts=4, tokens=8, eval_limit=2)
+    s.expert, s.amateur = gpu_check.build_models(tmp_path / "models")
+    s.problems = gpu_check.write_problems(tmp_path / "problems.jsonl", 4)
+    for name in ("vllm-sample", "train", "vllm-eval", "sdpa-backward"):
+        result = gpu_check.RUNNERS[name](s)
+        assert result.status in ("PASS", "WARN"), (name, result.figures)
+    assert ("engine", "bfloat16") in [e[:2] for e in stand_in_vllm]
