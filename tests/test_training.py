@@ -337,3 +337,15 @@ def test_checking_trainer_arguments_touches_no_gpu_nor_process_group(monkeypatch
     cfg = build(TrainConfig, {"warmup_steps": 0.1, "torch_compile": True}, REQUIRED)
     assert cfg.trainer_args == {"warmup_steps": 0.1, "torch_compile": True}
     assert dict(PartialState._shared_state) == state and dict(os.environ) == env
+
+
+def test_training_on_a_gpu_keeps_attention_off_cudnn():
+    from lightreasoner.training import avoid_cudnn_attention
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    assert not avoid_cudnn_attention(torch.device("cpu")) and torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        assert avoid_cudnn_attention(torch.device("cuda", 0)) and not torch.backends.cuda.cudnn_sdp_enabled()
+        assert not avoid_cudnn_attention(torch.device("cuda", 0))  # already off
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)

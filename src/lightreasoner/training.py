@@ -326,13 +326,25 @@ def validate(cfg: TrainConfig) -> None:
         raise LightReasonerError(f"--order {cfg.order!r}: choose random or trajectory")
 
 
+def avoid_cudnn_attention(device: torch.device) -> bool:
+    """On a GPU, keep PyTorch's attention off the cuDNN kernel while training: with a padding
+    mask it can return NaN query gradients (PyTorch issue 196678, H100/H200); the flash and
+    memory-efficient kernels remain. Returns whether it was turned off."""
+    if device.type != "cuda" or not torch.backends.cuda.cudnn_sdp_enabled():
+        return False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    log.info("training: cuDNN attention off (NaN gradients with padding masks, PyTorch issue 196678)")
+    return True
+
+
 def training_arguments(
     cfg: LoraOptions, out: Path, dtype: torch.dtype, device: torch.device, show_progress: bool
 ) -> TrainingArguments:
     """The Trainer's arguments from our LoRA options (shared by ``train`` and ``sft``), then
     any other ``TrainingArguments`` field the user gave (``trainer_args``). One process never
     wraps the model in ``nn.DataParallel``: with several GPUs it uses one (and says how to
-    launch on all)."""
+    launch on all). On a GPU, cuDNN attention is turned off (:func:`avoid_cudnn_attention`)."""
+    avoid_cudnn_attention(device)
     base = dict(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
