@@ -146,10 +146,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from .evaluation.runner import grade_file
+    import json
 
-    res = grade_file(args.file, args.benchmark, args.out)
-    print(f"{args.benchmark}: {res['correct']}/{res['n']} correct ({res['accuracy']:.1f}%)")
+    from .data import iter_jsonl
+    from .evaluation.benchmarks import get_benchmark
+    from .evaluation.grading import grade
+    from .io import atomic_write_text
+
+    # runner.grade_file re-grades with the toolkit's grader only; this is it with a choice
+    bench, rows = get_benchmark(args.benchmark), []
+    for lineno, row in iter_jsonl(args.file):
+        for key in ("completion", "gold"):
+            if key not in row:
+                raise LightReasonerError(f"{args.file}:{lineno}: no {key!r} field")
+        pred, ok = grade(
+            str(row["completion"]),
+            str(row["gold"]),
+            bench.kind,
+            bench.strip_units,
+            bool(row.get("multiple", False)),
+            args.grader == "strict",
+        )
+        rows.append({**row, "extracted": pred, "correct": ok})
+    if not rows:
+        raise LightReasonerError(f"{args.file}: no lines to grade")
+    atomic_write_text(args.out or args.file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    correct = sum(r["correct"] for r in rows)
+    print(f"{args.benchmark}: {correct}/{len(rows)} correct ({100.0 * correct / len(rows):.1f}%, {args.grader} grader)")
     print(f"graded lines written to {args.out or args.file}")
     return 0
 
@@ -248,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSONL file, e.g. an earlier eval's <benchmark>.jsonl")
     p.add_argument("--benchmark", required=True, help="benchmark whose answer rules apply")
     p.add_argument("--out", help="write here instead of rewriting FILE")
+    p.add_argument(
+        "--grader",
+        choices=("toolkit", "strict"),
+        default="toolkit",
+        help="toolkit: the Qwen2.5-Math toolkit's verdicts (comparable with the paper); strict: the same "
+        "extraction, correct equivalence (see eval --grader)",
+    )
     p = add("compare", cmd_compare, "side-by-side table of evaluation runs, with deltas against the first")
     p.add_argument("runs", nargs="+", help="eval output folders (or their summary.json)")
     p = add(
