@@ -146,7 +146,7 @@ def test_corrupt_middle_line_of_eval_results_is_a_clear_error(pair, tmp_path):
 
 def test_full_disk_is_a_clean_message_and_earlier_work_is_kept(pair, tmp_path, monkeypatch, capsys):
     data, out = _data(tmp_path / "p.jsonl", 8), tmp_path / "s.jsonl"
-    full = sample(_scfg(pair, data, tmp_path / "full.jsonl", batch_size=1), show_progress=False)
+    full = sample(_scfg(pair, data, tmp_path / "full.jsonl", batch_size=1, group_size=1), show_progress=False)
     real, calls = os.fsync, []
 
     def failing(fd):
@@ -156,12 +156,12 @@ def test_full_disk_is_a_clean_message_and_earlier_work_is_kept(pair, tmp_path, m
         return real(fd)
 
     monkeypatch.setattr(io.os, "fsync", failing)
-    code = main(_sample_args(pair, data, out, "--batch-size", "1"))
+    code = main(_sample_args(pair, data, out, "--batch-size", "1", "--group-size", "1"))
     err = capsys.readouterr().err
     assert code == 2 and "disk is full" in err and "s.jsonl" in err and "Traceback" not in err
     assert not out.exists() and (tmp_path / "s.jsonl.progress").exists()
     monkeypatch.setattr(io.os, "fsync", real)
-    resumed = sample(_scfg(pair, data, out, batch_size=1), show_progress=False)
+    resumed = sample(_scfg(pair, data, out, batch_size=1, group_size=1), show_progress=False)
     assert resumed["selected_steps"] == full["selected_steps"]
     assert [r["token_ids"] for r in records(out)] == [r["token_ids"] for r in records(tmp_path / "full.jsonl")]
 
@@ -201,6 +201,8 @@ def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path,
         "24",
         "--batch-size",
         "2",
+        "--group-size",
+        "1",
     ]
     full = tmp_path / "full"
     assert run_cli([*args, "--out", str(full)]).wait() == 0
@@ -229,7 +231,8 @@ def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_pat
 
     cfg = asdict(tiny_run(pair, tmp_path / "unused"))
     del cfg["out"]
-    cfg["sample"]["batch_size"] = 1
+    cfg["sample"] |= {"batch_size": 1, "group_size": 1}
+    cfg["eval"] = {"group_size": 1}
     cfg["train"] = {"max_steps": 3, "save_steps": 1, "lora_dropout": 0.0}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -42,6 +42,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(pair, tmp_path, min_done)
         "1",
         "--dtype",
         "float32",
+        "--group-size",
+        "2",
     ]
     full = tmp_path / "full.jsonl"
     assert run_cli([*common, "--out", str(full)]).wait() == 0

@@ -192,26 +192,25 @@ def test_vllm_trajectories_give_the_records_of_teacher_forced_scoring(pair, prob
 def test_vllm_backend_resumes_with_the_problems_not_committed(pair, problems_file, tmp_path, stand_in_vllm):
     from lightreasoner.records import ResumableWriter
 
-    cfg = _cfg(pair, problems_file, tmp_path / "v.jsonl", backend="vllm", max_problems=5, score_batch_size=1)
-    sample(
-        _cfg(pair, problems_file, tmp_path / "full.jsonl", backend="vllm", max_problems=5, score_batch_size=1), False
-    )
-    real_commit = ResumableWriter.commit
+    kw = dict(backend="vllm", max_problems=5, score_batch_size=1, group_size=2)
+    cfg = _cfg(pair, problems_file, tmp_path / "v.jsonl", **kw)
+    sample(_cfg(pair, problems_file, tmp_path / "full.jsonl", **kw), False)
+    real_commit = ResumableWriter.commit_group
 
-    def commit_two(self, *a, **k):
+    def commit_one(self, *a, **k):
         if len(self.done) == 2:
             raise KeyboardInterrupt
         real_commit(self, *a, **k)
 
-    ResumableWriter.commit = commit_two
+    ResumableWriter.commit_group = commit_one
     try:
         with pytest.raises(KeyboardInterrupt):
             sample(cfg, False)
     finally:
-        ResumableWriter.commit = real_commit
+        ResumableWriter.commit_group = real_commit
     stand_in_vllm.clear()
     sample(cfg, False)
-    assert ("generate", 3) in stand_in_vllm  # only the 3 problems not committed are generated again
+    assert ("generate", 3) in stand_in_vllm  # only the 3 problems of the groups not committed are generated again
     assert (tmp_path / "v.jsonl").read_text() == (tmp_path / "full.jsonl").read_text()
 
 

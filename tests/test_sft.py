@@ -90,7 +90,7 @@ FAKE_GRADER = (
 def sft_cli_args(pair, data, out):
     return [
         "sft", "-q", "--model", str(pair[0]), "--data", str(data), "--output-dir", str(out),
-        "--samples-per-problem", "3", "--max-new-tokens", "16", "--sample-batch-size", "4",
+        "--samples-per-problem", "3", "--max-new-tokens", "16", "--sample-batch-size", "4", "--group-size", "1",
         "--max-steps", "4", "--batch-size", "2", "--grad-accum", "1", "--save-steps", "1", "--lora-dropout", "0",
     ]  # fmt: skip
 

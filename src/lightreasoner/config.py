@@ -27,7 +27,11 @@ from .prompts import EVAL_SYSTEM_PROMPT, SAMPLING_SYSTEM_PROMPT
 T = TypeVar("T")
 
 GROUP_SIZE = 64
-"""Problems per work unit of sample and eval (see :mod:`distributed`)."""
+"""Problems per work unit of sample (see :mod:`distributed`); trajectories are decoded
+``batch_size`` (16) at a time within a group, refilled as they finish."""
+EVAL_GROUP_SIZE = 128
+"""Problems per work unit of eval; a group is decoded as one batch by default (``batch_size``
+0), so a group runs until its longest completion: larger groups pay that tail less often."""
 SFT_GROUP_SIZE = 16
 """Problems per work unit of the SFT baseline's sampling (times its samples per problem)."""
 
@@ -199,7 +203,7 @@ class EvalConfig(EngineOptions):
     limit: int = opt(None, "first N problems of each benchmark")
     max_new_tokens: int = opt(1024, "generation budget per problem")
     group_size: int = opt(
-        GROUP_SIZE,
+        EVAL_GROUP_SIZE,
         "problems per work unit (per benchmark): each group is decoded and committed on its own, so the rows "
         "do not depend on the number of processes or on interruptions",
     )

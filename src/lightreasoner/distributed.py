@@ -1,6 +1,14 @@
 """Several processes, one result: rank and world size from ``accelerate`` (so ``accelerate
-launch``, ``torchrun`` and Slurm launchers all work), deterministic sharding of problems,
-and helpers for main-process-only writes.
+launch``, ``torchrun`` and Slurm launchers all work), the work units every stage is cut
+into, their sharding, and helpers for main-process-only writes.
+
+Work units: a stage's problems are cut into consecutive groups of ``group_size``
+(:func:`work_groups`), which depend only on the problem order and the group size. Each
+group is decoded and scored as its own batch and committed whole; ranks take whole groups
+(:func:`rank_groups`) and a resume redoes only the groups not committed. So the output does
+not depend on the number of processes, on interruptions, or on what has finished: given the
+same device type, dtype, threads per process (:func:`runtime`) and decode batch size, it is
+the same bytes.
 
 A stage started without a launcher is one process of one (rank 0 of 1) and none of this
 changes what it does.
@@ -8,8 +16,9 @@ changes what it does.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +28,7 @@ from .io import OutputLock
 from .records import ResumableWriter
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def launched() -> bool:
@@ -78,6 +88,45 @@ def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
     """Rank ``rank``'s share of ``items``: every ``world``-th item from ``rank`` on (the
     shares are disjoint, cover ``items`` and differ in size by at most one)."""
     return list(items[rank::world])
+
+
+def work_groups(items: Sequence[T], size: int) -> list[list[T]]:
+    """``items`` cut into consecutive groups of ``size`` (the last one may be shorter): the
+    work units of a stage. They depend only on the items' order and ``size``."""
+    if size < 1:
+        raise ValueError(f"group size {size}: must be at least 1")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def rank_groups(groups: list[list[T]], finished: Callable[[T], bool], rank: int, world: int) -> list[list[T]]:
+    """Rank ``rank``'s share of the groups that still hold an unfinished item (such a group
+    is redone whole): every ``world``-th of them from ``rank`` on, in order."""
+    return shard([g for g in groups if not all(map(finished, g))], rank, world)
+
+
+def runtime(**batch_sizes: int) -> dict:
+    """How this process decodes, for a fingerprint's ``runtime`` section: the threads per
+    process (``torch.get_num_threads()``, set by ``OMP_NUM_THREADS``) and the given decode
+    batch sizes. They change float rounding, not what is computed."""
+    import torch
+
+    return {"threads_per_process": torch.get_num_threads(), **batch_sizes}
+
+
+def note_memory_bound(model, longest: int, wanted: int, keep_logits: bool = False) -> None:
+    """Warn when fewer than ``wanted`` sequences of ``longest`` tokens (prompt and budget) fit in
+    memory: the decoder then takes fewer at a time and the outputs (not the groups) depend
+    on the free memory."""
+    from .decoding import batch_capacity
+
+    fit = batch_capacity(model, longest, wanted, keep_logits)
+    if fit < wanted:
+        log.warning(
+            "only %d of the %d sequences of a group decoded together fit in memory; outputs may then differ "
+            "in float rounding from a run with more free memory (lower the group size or the batch size)",
+            fit,
+            wanted,
+        )
 
 
 @contextmanager

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import faults
 from .data import iter_jsonl
 from .errors import LightReasonerError
-from .io import append_synced, atomic_write_bytes, atomic_write_json, fingerprint_diff, read_json_lines
+from .io import append_synced, atomic_write_bytes, atomic_write_json, fingerprint_diff, read_json_lines, setting_changes
+
+log = logging.getLogger(__name__)
 
 RELEASE_KEYS = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights", "kl_divergence")
 
@@ -85,6 +88,35 @@ def read_records(path: str | Path) -> list[SoftLabelRecord]:
     return records
 
 
+RUNTIME = "runtime"
+"""The fingerprint's section of how a run decodes, not what it computes: threads per process
+and decode batch sizes. They change float rounding only, so a resume may use other values
+(with a warning); every other field must match."""
+
+
+def changed_fields(before: dict, now: dict, where: str, warn: bool = True) -> list[str]:
+    """The fingerprint fields (outside :data:`RUNTIME`) that differ between an output made
+    ``before`` and the run ``now``. An output made before work groups existed (no
+    ``group_size``) continues in groups. With ``warn``, that and a changed :data:`RUNTIME`
+    section are logged: the work done from now on may differ in float rounding from an
+    uninterrupted run."""
+    changed = [k for k in fingerprint_diff(before, now) if k != RUNTIME]
+    if "group_size" in changed and "group_size" not in before:
+        changed.remove("group_size")
+        if warn:
+            log.warning("%s was begun before work groups existed; it goes on in groups of %s", where, now["group_size"])
+    old, new = before.get(RUNTIME), now.get(RUNTIME)
+    if warn and not changed and old is not None and new is not None and old != new:
+        log.warning(
+            "%s: resuming with %s. The problems done from now on may differ in float rounding from an "
+            "uninterrupted run; for byte-identical output resume with the same values (OMP_NUM_THREADS "
+            "sets the threads per process).",
+            where,
+            "; ".join(setting_changes(old, new)),
+        )
+    return changed
+
+
 def summary_path(out: str | Path) -> Path:
     """``samples.jsonl`` → ``samples.summary.json``."""
     out = Path(out)
@@ -92,11 +124,12 @@ def summary_path(out: str | Path) -> Path:
 
 
 class ResumableWriter:
-    """Append-per-problem JSONL output that survives being killed at any moment, written
+    """Append-per-group JSONL output that survives being killed at any moment, written
     by one process or by several (ranks) at once.
 
-    While running, records go to ``OUT.partial`` and one line per finished problem to
-    ``OUT.progress`` (after its records are flushed and synced); rank ``r > 0`` of a
+    While running, records go to ``OUT.partial`` and one line per finished work unit (a
+    group of problems, :meth:`commit_group`) to ``OUT.progress`` (after its records are
+    flushed and synced), so a unit is on disk whole or not at all; rank ``r > 0`` of a
     multi-process run writes ``OUT.rank<r>.partial`` / ``.progress`` instead. On restart
     each writer cuts its own partial file back to the records of finished problems and
     reads the other shards' progress (read-only), so :attr:`done` holds every finished
@@ -114,6 +147,7 @@ class ResumableWriter:
         self.progress = self.out.with_name(stem + ".progress")
         self.fingerprint = fingerprint
         self.done: dict[int, dict] = {}
+        self._warned = False  # about a changed runtime section or an output begun before groups (once)
         if overwrite:
             self.discard()
             self.out.unlink(missing_ok=True)
@@ -142,13 +176,15 @@ class ResumableWriter:
         if not entries:  # killed while writing the header: nothing was done yet
             return [], 0
         before = entries[0].get("fingerprint") or {}
-        if before != self.fingerprint:
+        changed = changed_fields(before, self.fingerprint, str(self.out), warn=not self._warned)
+        self._warned = True
+        if changed:
             raise LightReasonerError(
                 f"{progress}: an unfinished run made with other inputs or settings is here "
-                f"(changed: {', '.join(fingerprint_diff(before, self.fingerprint))}). Rerun it as it was, "
+                f"(changed: {', '.join(changed)}). Rerun it as it was, "
                 "pass --overwrite to discard it and start again, or choose another --out."
             )
-        done = entries[1:]
+        done = [p for e in entries[1:] for p in e.get("problems", [e])]  # a unit's line lists its problems
         keep = sum(e["records"] for e in done)
         size = 0
         if partial.exists():
@@ -195,25 +231,33 @@ class ResumableWriter:
             append_synced(self.progress, json.dumps({"fingerprint": self.fingerprint}) + "\n")
 
     def commit(self, index: int, records: Iterable[SoftLabelRecord | dict], stats: dict) -> None:
-        """Durably write one problem's records (records or plain JSON objects), then mark the problem done."""
+        """Durably write one problem's records (records or plain JSON objects) as a unit of its own."""
+        self.commit_group([(index, records, stats)])
+
+    def commit_group(self, problems: list[tuple[int, Iterable[SoftLabelRecord | dict], dict]]) -> None:
+        """Durably write a work unit: the records of each ``(index, records, stats)`` in the
+        given order in one append, then one progress line that marks all of them done."""
         self._start()
-        recs = list(records)
-        if recs:
-            lines = (json.dumps(r, ensure_ascii=False) if isinstance(r, dict) else r.to_json() for r in recs)
+        lines, entries = [], []
+        for index, records, stats in problems:
+            recs = list(records)
+            lines += [json.dumps(r, ensure_ascii=False) if isinstance(r, dict) else r.to_json() for r in recs]
+            entries.append({"index": index, "records": len(recs), **stats})
+        if lines:
             append_synced(self.partial, "".join(line + "\n" for line in lines))
-        entry = {"index": index, "records": len(recs), **stats}
-        append_synced(self.progress, json.dumps(entry) + "\n")
-        self.done[index] = entry
+        append_synced(self.progress, json.dumps({"problems": entries}) + "\n")
+        self.done.update((e["index"], e) for e in entries)
         faults.committed(self.stage)
 
     def refresh(self) -> None:
         """Read the other shards' progress again (after the other ranks finished)."""
         self._read_others()
 
-    def finish(self, summary: dict | None = None) -> None:
+    def finish(self, summary: dict | None = None, keep: Callable[[int], bool] | None = None) -> None:
         """Publish ``OUT`` (atomically) with the finished records of every shard in problem
-        order, then remove the shards. ``summary`` is written (durably) first: an output
-        under its final name always has its summary. Main process only."""
+        order (only the problems ``keep`` accepts, when given), then remove the shards.
+        ``summary`` is written (durably) first: an output under its final name always has its
+        summary. Main process only."""
         self._start()
         if summary is not None:
             atomic_write_json(summary_path(self.out), summary)
@@ -224,7 +268,9 @@ class ResumableWriter:
             size = self._committed(partial, progress, cut=False)[1]
             with partial.open("rb") as f:
                 lines += f.read(size).splitlines(keepends=True)
-        lines.sort(key=lambda x: json.loads(x).get("problem_index", 0))  # stable: steps stay in order
+        index = [json.loads(x).get("problem_index", 0) for x in lines]
+        order = sorted(range(len(lines)), key=index.__getitem__)  # stable: steps stay in order
+        lines = [lines[i] for i in order if keep is None or keep(index[i])]
         atomic_write_bytes(self.out, b"".join(lines))
         self.discard()
 

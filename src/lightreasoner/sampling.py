@@ -9,11 +9,13 @@ distribution at every step) and their steps are selected and labelled.
 ``reference_scoring`` runs one forward per prefix for both models, the way the original
 release scores, and exists to validate the fast path.
 
-With ``backend="vllm"`` (GPU) a vLLM engine generates all of a rank's trajectories first and
-is shut down; then both models score them in teacher-forced passes, since vLLM returns no
-full-vocabulary logits. Problems are committed as they are scored: a rerun after an
-interruption generates again the problems not yet committed (all of them if it came during
-generation).
+The problems are cut into work groups (``group_size``, :mod:`distributed`): each group is
+decoded as its own batch (refilled within the group), scored in the order its trajectories
+finish and committed whole, so the records do not depend on the number of processes or on
+interruptions. With ``backend="vllm"`` (GPU) a vLLM engine generates all of a rank's
+trajectories first and is shut down; then both models score them group by group in
+teacher-forced passes, since vLLM returns no full-vocabulary logits. A rerun after an
+interruption redoes the groups not yet committed (and generates them again).
 """
 
 from __future__ import annotations
@@ -34,13 +36,12 @@ from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
 from .decoding import Completion, attention_mask_for, greedy_decode, last_positions, release_memory, require_finite
-from .distributed import barrier, main_lock, open_shard, shard
+from .distributed import barrier, main_lock, note_memory_bound, open_shard, rank_groups, runtime, work_groups
 from .errors import LightReasonerError
 from .io import (
     atomic_open,
     atomic_write_json,
     file_fingerprint,
-    fingerprint_diff,
     friendly_os_errors,
     model_fingerprint,
 )
@@ -56,7 +57,7 @@ from .models import (
     resolve_source,
 )
 from .prompts import encode_prompt
-from .records import ResumableWriter, SoftLabelRecord, summary_path
+from .records import RUNTIME, ResumableWriter, SoftLabelRecord, changed_fields, summary_path
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,8 @@ def fingerprint(cfg: SampleConfig) -> dict:
         fp["backend"] = cfg.backend
     if cfg.expert_weights:  # only when set: runs made before the option resume
         fp["expert_weights"] = True
+    fp["group_size"] = cfg.group_size
+    fp[RUNTIME] = runtime(batch_size=cfg.batch_size, score_batch_size=cfg.score_batch_size)
     return fp
 
 
@@ -305,6 +308,8 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
     if cfg.score_batch_size < 1:
         raise LightReasonerError("--score-batch-size: must be at least 1")
+    if cfg.group_size < 1:
+        raise LightReasonerError("--group-size: must be at least 1")
     if cfg.expert_scoring not in ("generation", "teacher-forced"):
         raise LightReasonerError(f"--expert-scoring {cfg.expert_scoring!r}: choose generation or teacher-forced")
     if cfg.max_problems is not None and cfg.max_problems < 1:
@@ -377,17 +382,18 @@ def _sample_locked(cfg: SampleConfig, problems: list[Problem], src_e, src_a, tok
                 f"{cfg.out} exists but its summary {spath} is missing or unreadable; pass --overwrite to sample again"
             ) from None
         before = summary.get("fingerprint") or {}
-        if before != fp:
+        changed = changed_fields(before, fp, cfg.out, warn=False)
+        if changed:
             raise LightReasonerError(
                 f"{cfg.out} already holds samples made with other inputs or settings "
-                f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --out or pass --overwrite"
+                f"(changed: {', '.join(changed)}); choose another --out or pass --overwrite"
             )
         log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
         return summary
-    todo = shard([p for p in problems if p.index not in writer.done], rank, world)
+    todo = rank_groups(work_groups(problems, cfg.group_size), lambda p: p.index in writer.done, rank, world)
 
     if todo:
-        _sample_batches(cfg, todo, len(problems), writer, src_e, src_a, tok, show_progress and rank == 0)
+        _sample_groups(cfg, todo, len(problems), writer, src_e, src_a, tok, show_progress and rank == 0)
     barrier()
     if rank != 0:  # the main process merges the shards and writes the summary
         return {}
@@ -416,9 +422,9 @@ def forced_in_pieces(model: PreTrainedModel, trajs: list[Trajectory], pad: int) 
     return [x for t in trajs for x in teacher_forced_logits(model, [t], pad)]
 
 
-def _sample_batches(
+def _sample_groups(
     cfg: SampleConfig,
-    todo: list[Problem],
+    groups: list[list[Problem]],
     total: int,
     writer: ResumableWriter,
     src_e: ModelSource,
@@ -426,22 +432,49 @@ def _sample_batches(
     tok: PreTrainedTokenizerBase,
     show_progress: bool,
 ) -> None:
-    """Generate ``todo``; score and commit finished trajectories a few at a time."""
+    """Generate, score and commit each of ``groups`` as a unit of its own, in order."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    ready, generation_s = None, None
+    todo = [p for g in groups for p in g]
+    ready, generation_s = {}, None
     if cfg.backend == "vllm":  # all of this rank's trajectories first; the engine is gone before scoring
         t0 = time.perf_counter()
-        ready = vllm_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."), show_progress)
-        generation_s = (time.perf_counter() - t0) / len(ready)
+        trajs = vllm_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."), show_progress)
+        ready = {t.problem.index: t for t in trajs}
+        generation_s = (time.perf_counter() - t0) / len(trajs)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
     amateur = load_model(src_a, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
+    if not ready:
+        longest = max(len(encode_prompt(tok, p.question, cfg.system_prompt)) for p in todo) + cfg.max_new_tokens
+        wanted = min(cfg.batch_size or cfg.group_size, cfg.group_size)
+        note_memory_bound(expert, longest, wanted, cfg.expert_scoring == "generation" and not cfg.reference_scoring)
+    bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="problem", disable=not show_progress)
+    for group in groups:
+        given = [ready[p.index] for p in group] if ready else None
+        results = sample_group(cfg, group, expert, amateur, tok, given, generation_s)
+        writer.commit_group([r for r in results if r[0] not in writer.done])  # (a group is committed whole)
+        bar.update(len(group))
+        bar.set_postfix(records=sum(e["records"] for e in writer.done.values()))
+    bar.close()
+
+
+def sample_group(
+    cfg: SampleConfig,
+    group: list[Problem],
+    expert: PreTrainedModel,
+    amateur: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    given: list[Trajectory] | None = None,
+    generation_s: float | None = None,
+) -> list[tuple[int, list[SoftLabelRecord], dict]]:
+    """One work unit: the group's trajectories (decoded together, ``cfg.batch_size`` at a time,
+    or ``given``), scored ``cfg.score_batch_size`` at a time in the order they finish. Returns
+    ``(problem index, records, stats)`` in the group's order."""
     start = 1 if cfg.skip_first_step else 0
     shared = min(logit_vocab_size(expert), logit_vocab_size(amateur))
     pad = tok.pad_token_id
     from_generation = cfg.expert_scoring == "generation" and not cfg.reference_scoring
-
-    bar = tqdm(total=total, initial=total - len(todo), desc="sampling", unit="problem", disable=not show_progress)
+    out: dict[int, tuple[int, list[SoftLabelRecord], dict]] = {}
     buffer: list[Trajectory] = []
     clock = {"mark": time.perf_counter()}
 
@@ -467,10 +500,8 @@ def _sample_batches(
                 "generation_s": generation_s if generation_s is not None else (t1 - clock["mark"]) / len(trajs),
                 "scoring_s": (t2 - t1) / len(trajs),
             }
-            writer.commit(t.problem.index, recs, stats)
+            out[t.problem.index] = (t.problem.index, recs, stats)
         clock["mark"] = time.perf_counter()
-        bar.set_postfix(records=sum(e["records"] for e in writer.done.values()))
-        bar.update(len(trajs))
 
     def finished(traj: Trajectory) -> None:
         buffer.append(traj)
@@ -478,16 +509,16 @@ def _sample_batches(
             score(buffer[:])
             buffer.clear()
 
-    if ready is not None:
-        for traj in ready:
+    if given is not None:
+        for traj in given:
             finished(traj)
     else:
         generate_trajectories(
-            expert, tok, todo, cfg.system_prompt, cfg.max_new_tokens, cfg.batch_size, from_generation, finished
+            expert, tok, group, cfg.system_prompt, cfg.max_new_tokens, cfg.batch_size, from_generation, finished
         )
     if buffer:
         score(buffer)
-    bar.close()
+    return [out[p.index] for p in group]
 
 
 def vllm_trajectories(

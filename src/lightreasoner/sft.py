@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,14 +36,14 @@ from transformers import PreTrainedTokenizerBase
 from .config import SFTConfig
 from .data import Problem, load_problems
 from .decoding import Completion, TopPSampler, greedy_decode
-from .distributed import barrier, is_main, main_lock, open_shard, shard
+from .distributed import barrier, is_main, main_lock, note_memory_bound, open_shard, rank_groups, runtime, work_groups
 from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
 from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from .prompts import encode_prompt
-from .records import summary_path
+from .records import RUNTIME, ResumableWriter, changed_fields, summary_path
 from .training import (
     RESULT_FIELDS,
     IndexedDataset,
@@ -111,6 +110,8 @@ def sampling_fingerprint(cfg: SFTConfig) -> dict:
         "model": model_fingerprint(cfg.model),
         "data": file_fingerprint(data)["sha256"] if data.is_file() else cfg.data,
         **{k: getattr(cfg, k) for k in keys},
+        "group_size": cfg.group_size,
+        RUNTIME: runtime(sample_batch_size=cfg.sample_batch_size),
     }
 
 
@@ -127,6 +128,8 @@ def validate(cfg: SFTConfig) -> None:
         raise LightReasonerError("--target-problems: must be at least 1")
     if cfg.sample_batch_size < 0:
         raise LightReasonerError("--sample-batch-size: must be at least 1 (or 0: as many as fit in memory)")
+    if cfg.group_size < 1:
+        raise LightReasonerError("--group-size: must be at least 1")
 
 
 def sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
@@ -140,7 +143,9 @@ def sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         barrier()
         if (out / SFT_SUMMARY).exists():
             summary = json.loads((out / SFT_SUMMARY).read_text())
-            if summary.get("sampling_fingerprint") == sampling_fingerprint(cfg):
+            before = summary.get("sampling_fingerprint") or {}
+            changed = changed_fields(before, sampling_fingerprint(cfg), str(out), warn=False)
+            if not changed:
                 log.info("%s is complete; pass --overwrite to run it again", out)
                 return summary
             raise LightReasonerError(
@@ -184,75 +189,112 @@ def clear(out: Path) -> None:
 
 
 def sample_solutions(cfg: SFTConfig, model, tok, problems: list[Problem], golds: dict, path: Path, show: bool) -> dict:
-    """Sample and grade solutions of every problem not yet done; publishes ``path`` and
-    returns the sampling summary."""
+    """Sample and grade solutions of every work group not yet done (up to ``target_problems``
+    when set); publishes ``path`` and returns the sampling summary."""
     writer, rank, world = open_shard(path, sampling_fingerprint(cfg), overwrite=False, stage="sft")
     if writer.complete:
         return json.loads(summary_path(path).read_text())
-    k = cfg.samples_per_problem
     stops = end_token_ids(model.generation_config.eos_token_id, tok, chat_ends=True)
+    groups = work_groups(problems, cfg.group_size)
     show = show and rank == 0
     bar = tqdm(total=len(problems), initial=len(writer.done), desc="sft sampling", unit="problem", disable=not show)
+    longest = max(len(encode_prompt(tok, p.question, cfg.system_prompt)) for p in problems) + cfg.max_new_tokens
+    wanted = cfg.group_size * cfg.samples_per_problem
+    note_memory_bound(model, longest, min(cfg.sample_batch_size or wanted, wanted))
 
-    def kept_problems() -> int:
-        return sum(e["kept"] > 0 for e in writer.done.values())
-
-    target = None  # this rank's share of the problems that still need a kept solution
-    if cfg.target_problems is not None:
-        target = kept_problems() + math.ceil(max(0, cfg.target_problems - kept_problems()) / world)
-
-    def postfix() -> None:
+    def run(group: list[Problem]) -> None:
+        results = sample_group(cfg, model, tok, group, golds, stops)
+        writer.commit_group([r for r in results if r[0] not in writer.done])  # (a group is committed whole)
+        bar.update(len(group))
         n = sum(e["samples"] for e in writer.done.values())
         bar.set_postfix(accepted=f"{sum(e['correct'] for e in writer.done.values()) / max(1, n):.0%}")
 
-    todo = shard([p for p in problems if p.index not in writer.done], rank, world)
-    clock = [time.perf_counter()]
-    while todo and (target is None or kept_problems() < target):
-        size = len(todo) if target is None else max(8, target - kept_problems())
-        chunk, todo = todo[:size], todo[size:]
-        owners = [(p, j) for p in chunk for j in range(k)]
-        prompt = {p.index: encode_prompt(tok, p.question, cfg.system_prompt) for p in chunk}
-        finished: dict[int, dict[int, Completion]] = defaultdict(dict)
-
-        def done(i: int, comp: Completion, owners=owners, finished=finished) -> None:
-            p, j = owners[i]
-            finished[p.index][j] = comp
-            if len(finished[p.index]) < k:
-                return
-            rows = [solution_row(p, j, finished[p.index][j], tok, golds[p.index]) for j in range(k)]
-            keep_solutions(rows, cfg.keep_per_problem)
-            now = time.perf_counter()
-            stats = {
-                "samples": k,
-                "correct": sum(r["correct"] for r in rows),
-                "kept": sum(r["kept"] for r in rows),
-                "tokens": sum(r["tokens"] for r in rows),
-                "seconds": now - clock[0],
-            }
-            clock[0] = now
-            writer.commit(p.index, rows, stats)
-            bar.update(1)
-            postfix()
-
-        sampler = TopPSampler(cfg.temperature, cfg.top_p, [solution_seed(cfg.seed, p.index, j) for p, j in owners])
-        greedy_decode(
-            model,
-            [prompt[p.index] for p, _ in owners],
-            cfg.max_new_tokens,
-            stops,
-            tok.pad_token_id,
-            cfg.sample_batch_size,
-            on_result=done,
-            pick=sampler,
-        )
+    if cfg.target_problems is None:
+        chosen = groups
+        for group in rank_groups(groups, lambda p: p.index in writer.done, rank, world):
+            run(group)
+    else:
+        chosen = sample_to_target(groups, cfg.target_problems, writer, rank, world, run)
     bar.close()
     barrier()
     if rank == 0:  # the main process merges the shards; the others wait for the result
         writer.refresh()
-        entries = list(writer.done.values())
-        writer.finish(sampling_summary(cfg, entries))
+        keep = {p.index for g in chosen for p in g}
+        entries = [e for i, e in writer.done.items() if i in keep]
+        writer.finish(sampling_summary(cfg, entries), keep=keep.__contains__)
     barrier()
     return json.loads(summary_path(path).read_text())
+
+
+def groups_to_target(groups: list[list[Problem]], done: dict[int, dict], target: int, most: int) -> tuple[list, list]:
+    """Walk ``groups`` in order, counting the problems with a kept solution in finished ones,
+    until ``target``: returns the groups walked and the first ``most`` unfinished among them."""
+    walked, missing, kept = [], [], 0
+    for g in groups:
+        if kept >= target or len(missing) == most:
+            break
+        walked.append(g)
+        if all(p.index in done for p in g):
+            kept += sum(done[p.index]["kept"] > 0 for p in g)
+        else:
+            missing.append(g)
+    return walked, missing
+
+
+def sample_to_target(
+    groups: list[list[Problem]],
+    target: int,
+    writer: ResumableWriter,
+    rank: int,
+    world: int,
+    run: Callable[[list[Problem]], None],
+) -> list[list[Problem]]:
+    """Sample groups in order until the problems with a kept solution reach ``target``, in
+    rounds of one unfinished group per rank; returns the groups the output keeps: the
+    shortest prefix that reaches the target (or all), the same for any number of processes
+    (a group a rank sampled beyond it is left out)."""
+    while True:
+        writer.refresh()  # every rank sees every commit of the last round
+        walked, missing = groups_to_target(groups, writer.done, target, world)
+        if not missing:
+            return walked
+        if rank < len(missing):
+            run(missing[rank])
+        barrier()
+
+
+def sample_group(cfg: SFTConfig, model, tok, group: list[Problem], golds: dict, stops: list[int]) -> list[tuple]:
+    """One work unit: ``samples_per_problem`` solutions of each problem of ``group``, decoded
+    together (``sample_batch_size`` at a time), graded and marked kept. Returns
+    ``(problem index, rows, stats)`` in the group's order."""
+    k = cfg.samples_per_problem
+    owners = [(p, j) for p in group for j in range(k)]
+    prompt = {p.index: encode_prompt(tok, p.question, cfg.system_prompt) for p in group}
+    sampler = TopPSampler(cfg.temperature, cfg.top_p, [solution_seed(cfg.seed, p.index, j) for p, j in owners])
+    t0 = time.perf_counter()
+    comps = greedy_decode(
+        model,
+        [prompt[p.index] for p, _ in owners],
+        cfg.max_new_tokens,
+        stops,
+        tok.pad_token_id,
+        cfg.sample_batch_size,
+        pick=sampler,
+    )
+    seconds = (time.perf_counter() - t0) / len(group)
+    out = []
+    for n, p in enumerate(group):
+        rows = [solution_row(p, j, comps[n * k + j], tok, golds[p.index]) for j in range(k)]
+        keep_solutions(rows, cfg.keep_per_problem)
+        stats = {
+            "samples": k,
+            "correct": sum(r["correct"] for r in rows),
+            "kept": sum(r["kept"] for r in rows),
+            "tokens": sum(r["tokens"] for r in rows),
+            "seconds": seconds,
+        }
+        out.append((p.index, rows, stats))
+    return out
 
 
 def sampling_summary(cfg: SFTConfig, entries: list[dict]) -> dict:

@@ -1,10 +1,17 @@
-"""The evaluation loop: prompts, generation, grading, resumable outputs, tables."""
+"""The evaluation loop: prompts, generation, grading, resumable outputs, tables.
+
+Each benchmark's problems are cut into work groups (``group_size``, :mod:`..distributed`);
+a group is decoded as its own batch and its rows are appended in one write, so the rows do
+not depend on the number of processes or on interruptions; a resume redoes the groups not
+yet on disk whole.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,14 +20,13 @@ from tqdm.auto import tqdm
 from .. import faults
 from ..config import EvalConfig
 from ..data import iter_jsonl
-from ..distributed import barrier, main_lock, rank_and_world, shard
+from ..distributed import barrier, main_lock, note_memory_bound, rank_and_world, rank_groups, runtime, work_groups
 from ..errors import LightReasonerError
 from ..io import (
     append_synced,
     atomic_write_json,
     atomic_write_text,
     file_fingerprint,
-    fingerprint_diff,
     friendly_os_errors,
     model_fingerprint,
     read_json_lines,
@@ -35,6 +41,7 @@ from ..models import (
     resolve_source,
 )
 from ..prompts import build_prompt
+from ..records import RUNTIME, changed_fields
 from .benchmarks import get_benchmark, grade_completion, load_items
 from .generation import Contrastive, HFGenerator, VLLMGenerator, check_launch, choose_backend, vllm_obstacles
 
@@ -92,6 +99,8 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
     }
     if cfg.grader != "toolkit":  # absent for the default, so evaluations made before --grader existed resume
         fp["grader"] = cfg.grader
+    fp["group_size"] = cfg.group_size
+    fp[RUNTIME] = runtime(batch_size=cfg.batch_size)
     return fp | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
 
 
@@ -115,10 +124,11 @@ def check_fingerprint(out: Path, fp: dict, overwrite: bool) -> None:
             before = json.loads(path.read_text())
         except ValueError:
             raise LightReasonerError(f"{path}: unreadable; pass --overwrite to evaluate again") from None
-        if before != fp:
+        changed = changed_fields(before, fp, str(out))
+        if changed:
             raise LightReasonerError(
                 f"{out} holds an evaluation made with other inputs or settings "
-                f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --out or pass --overwrite"
+                f"(changed: {', '.join(changed)}); choose another --out or pass --overwrite"
             )
     elif any(out.glob("*.jsonl")):
         raise LightReasonerError(
@@ -209,6 +219,45 @@ def make_generator(cfg: EvalConfig, backend: str):
     return tok, HFGenerator(model, tok, cfg.max_new_tokens, cfg.batch_size, contrastive)
 
 
+def eval_row(it, g, bench, grader: str) -> dict:
+    """The per-problem row of item ``it`` and its completion ``g`` (graded both ways)."""
+    verdicts = {
+        name: grade_completion(it.kind, g.text, it.gold, bench.strip_units, it.multiple, name == "strict")
+        for name in GRADERS
+    }
+    pred, ok = verdicts[grader]
+    return {
+        "id": it.id,
+        "problem": it.question,
+        "gold": it.gold,
+        "completion": g.text,
+        "extracted": pred,
+        "correct": ok,
+        **{f"correct_{name}": v[1] for name, v in verdicts.items()},
+        "multiple": it.multiple,
+        "tokens": g.tokens,
+        "cut_off": g.cut_off,
+    }
+
+
+def generate_units(gen, units: list[list], prompt: Callable, commit: Callable, together: bool = False) -> None:
+    """Completions of each unit's prompts, each unit handed to ``commit(unit, completions)``
+    whole, in order. One ``generate`` call per unit, so a unit is its own batch (hf); with
+    ``together`` one call for all units (vLLM, which batches on its own), each unit committed
+    as soon as its last completion arrives."""
+    for batch in [units] if together and units else [[u] for u in units]:
+        where = [(u, k) for u, unit in enumerate(batch) for k in range(len(unit))]
+        got: dict[int, dict[int, object]] = {u: {} for u in range(len(batch))}
+
+        def finished(i: int, g, batch=batch, where=where, got=got) -> None:
+            u, k = where[i]
+            got[u][k] = g
+            if len(got[u]) == len(batch[u]):
+                commit(batch[u], [got[u][j] for j in range(len(batch[u]))])
+
+        gen.generate([prompt(x) for unit in batch for x in unit], on_result=finished)
+
+
 def run_name(cfg: EvalConfig) -> str:
     if cfg.name:
         return cfg.name
@@ -223,6 +272,8 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
         raise LightReasonerError("--max-new-tokens: must be at least 1")
     if cfg.batch_size < 0:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
+    if cfg.group_size < 1:
+        raise LightReasonerError("--group-size: must be at least 1")
     names = benchmark_names(cfg.benchmarks)
     backend = check_backend(cfg)
     check_contrastive(cfg, backend)
@@ -269,49 +320,39 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
     barrier()
     done = {n: in_order(saved[n], items[n]) for n in names}  # rows outside the selection are kept, not counted
     done_ids = {n: {r["id"] for r in done[n]} for n in names}
-    todo = {n: shard([it for it in items[n] if it.id not in done_ids[n]], rank, world) for n in names}
-    total, remaining = sum(map(len, items.values())), sum(map(len, todo.values()))
+    units = [[(n, it) for it in g] for n in names for g in work_groups(items[n], cfg.group_size)]
+    todo = rank_groups(units, lambda x: x[1].id in done_ids[x[0]], rank, world)
+    total, remaining = sum(map(len, items.values())), sum(map(len, todo))
 
     t0 = time.perf_counter()
     tok = gen = None
     if remaining:
         tok, gen = make_generator(cfg, backend)
+        if backend == "hf":
+            prompts = [build_prompt(tok, it.question, cfg.system_prompt) for u in todo for _, it in u]
+            longest = max(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]) + cfg.max_new_tokens
+            note_memory_bound(gen.model, longest, min(cfg.batch_size or cfg.group_size, cfg.group_size))
     show = show_progress and rank == 0
     bar = tqdm(total=total, initial=total - remaining * world, desc="eval", unit="problem", disable=not show)
-    for name in names:
+    rows = [r for n in names for r in done[n]]  # for the running accuracy
+
+    def commit(unit: list[tuple], gens: list) -> None:
+        """Grade a finished unit and append its rows in one write (those not on disk yet)."""
+        name = unit[0][0]
         bench = get_benchmark(name)
-        path = shard_file(out, name, rank)
-        rows = list(done[name])  # for the running accuracy
-        bar.set_description(name)
-        part = todo[name]
-
-        def finished(i: int, g, part=part, bench=bench, rows=rows, path=path) -> None:
-            it = part[i]
-            verdicts = {
-                grader: grade_completion(it.kind, g.text, it.gold, bench.strip_units, it.multiple, grader == "strict")
-                for grader in GRADERS
-            }
-            pred, ok = verdicts[cfg.grader]
-            row = {
-                "id": it.id,
-                "problem": it.question,
-                "gold": it.gold,
-                "completion": g.text,
-                "extracted": pred,
-                "correct": ok,
-                **{f"correct_{grader}": v[1] for grader, v in verdicts.items()},
-                "multiple": it.multiple,
-                "tokens": g.tokens,
-                "cut_off": g.cut_off,
-            }
-            append_synced(path, json.dumps(row, ensure_ascii=False) + "\n")
+        new = [eval_row(it, g, bench, cfg.grader) for (_, it), g in zip(unit, gens) if it.id not in done_ids[name]]
+        if new:
+            append_synced(shard_file(out, name, rank), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
             faults.committed("eval")
-            rows.append(row)
-            bar.update(world)
-            bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / len(rows):.1f}")
+        rows.extend(new)
+        bar.set_description(name)
+        bar.update(len(unit) * world)
+        bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / max(1, len(rows)):.1f}")
 
-        if part:
-            gen.generate([build_prompt(tok, it.question, cfg.system_prompt) for it in part], on_result=finished)
+    def prompt(x: tuple) -> str:
+        return build_prompt(tok, x[1].question, cfg.system_prompt)
+
+    generate_units(gen, todo, prompt, commit, together=backend == "vllm")
     bar.close()
     if hasattr(gen, "close"):
         gen.close()  # a vLLM engine gives its GPU back now
