@@ -57,6 +57,12 @@ class EngineOptions(ModelOptions):
 
     tensor_parallel_size: int = opt(1, "vLLM: GPUs per engine (tensor parallelism; one process)")
     gpu_memory_utilization: float = opt(None, "vLLM: share of each GPU's memory the engine may use (default: vLLM's)")
+    batch_invariant: bool = opt(
+        False,
+        "vLLM: batch-invariant kernels (VLLM_BATCH_INVARIANT=1), so a completion does not depend on the other "
+        "requests in the engine's batch (nor on the number of processes); costs throughput, needs a recent vLLM "
+        "and a supported GPU",
+    )
 
 
 @dataclass

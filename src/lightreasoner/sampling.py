@@ -292,6 +292,8 @@ def fingerprint(cfg: SampleConfig) -> dict:
         fp["backend"] = cfg.backend
     if cfg.expert_weights:  # only when set: runs made before the option resume
         fp["expert_weights"] = True
+    if cfg.batch_invariant:  # only when set
+        fp["batch_invariant"] = True
     fp["group_size"] = cfg.group_size
     fp[RUNTIME] = runtime(batch_size=cfg.batch_size, score_batch_size=cfg.score_batch_size)
     return fp
@@ -351,9 +353,18 @@ def resolve_backend(cfg: SampleConfig, src_e: ModelSource) -> SampleConfig:
 def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     """Run stage 1 end to end; returns the summary (also saved beside ``cfg.out``)."""
     validate(cfg)
+    if cfg.batch_invariant:  # before anything imports vLLM
+        from .evaluation.generation import request_batch_invariance
+
+        request_batch_invariance()
     problems = load_problems(cfg.data, cfg.question_field, None, cfg.max_problems, cfg.split, cfg.seed)
     src_e = resolve_source(cfg.expert, cfg.allow_pickle, "expert")
+    asked = cfg.backend
     cfg = resolve_backend(cfg, src_e)
+    if cfg.batch_invariant:
+        from .evaluation.generation import settle_batch_invariance
+
+        settle_batch_invariance(True, asked, cfg.backend)
     src_a = resolve_source(cfg.amateur, cfg.allow_pickle, "amateur")
     tok = load_tokenizer(src_e, cfg.trust_remote_code)
     tok_a = load_tokenizer(src_a, cfg.trust_remote_code)

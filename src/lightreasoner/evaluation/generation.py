@@ -358,3 +358,51 @@ def vllm_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+BATCH_INVARIANT = "VLLM_BATCH_INVARIANT"
+"""vLLM's switch for its batch-invariant kernels: a request's output does not depend on the
+other requests of a batch. Read when vLLM is imported and by its engine process, so it is
+set (:func:`request_batch_invariance`) before anything imports vLLM."""
+
+
+def request_batch_invariance() -> None:
+    """Ask vLLM for batch-invariant kernels (``--batch-invariant``): sets :data:`BATCH_INVARIANT`
+    in this process's environment, which the engine's process inherits. Call it first thing
+    in a stage; :func:`check_batch_invariance` then checks that this vLLM has the mode."""
+    os.environ[BATCH_INVARIANT] = "1"
+
+
+def check_batch_invariance() -> None:
+    """Stop with a clear error where this vLLM has no batch-invariant mode (the variable is not
+    among the settings of ``vllm.envs``) or does not read it as on."""
+    import vllm
+
+    try:
+        import vllm.envs as envs
+    except ImportError:
+        envs = None
+    if BATCH_INVARIANT not in getattr(envs, "environment_variables", {}):
+        raise LightReasonerError(
+            f"--batch-invariant: vLLM {getattr(vllm, '__version__', '?')} has no batch-invariant mode "
+            f"({BATCH_INVARIANT} is not among its settings); upgrade vLLM or leave the option out"
+        )
+    if not getattr(envs, BATCH_INVARIANT):
+        raise LightReasonerError(f"--batch-invariant: vLLM does not see {BATCH_INVARIANT}=1 (it was imported first)")
+
+
+def settle_batch_invariance(requested: bool, asked: str, backend: str) -> None:
+    """Once the backend is chosen (``asked``: the ``--backend`` given): check vLLM's mode when
+    it serves the run; refuse the option for an explicit ``--backend hf``, whose work groups
+    already make the output independent of the batch; let ``auto`` that chose hf pass."""
+    if not requested:
+        return
+    if backend == "vllm":
+        check_batch_invariance()
+    elif asked == "hf":
+        raise LightReasonerError(
+            "--batch-invariant is an option of the vLLM backend; with --backend hf the work groups already make "
+            "the output independent of how the work is cut"
+        )
+    else:
+        log.info("--batch-invariant: not needed, the hf backend serves this run (its work groups are batch-invariant)")

@@ -99,6 +99,8 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
     }
     if cfg.grader != "toolkit":  # absent for the default, so evaluations made before --grader existed resume
         fp["grader"] = cfg.grader
+    if cfg.batch_invariant:  # only when set
+        fp["batch_invariant"] = True
     fp["group_size"] = cfg.group_size
     fp[RUNTIME] = runtime(batch_size=cfg.batch_size)
     return fp | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
@@ -274,10 +276,15 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
     if cfg.group_size < 1:
         raise LightReasonerError("--group-size: must be at least 1")
+    from .generation import request_batch_invariance, settle_batch_invariance
+
+    if cfg.batch_invariant:  # before anything imports vLLM
+        request_batch_invariance()
     names = benchmark_names(cfg.benchmarks)
     backend = check_backend(cfg)
     check_contrastive(cfg, backend)
     check_vllm_options(cfg)
+    settle_batch_invariance(cfg.batch_invariant, cfg.backend, backend)
     if backend == "vllm":
         check_launch(cfg.tensor_parallel_size)
     if cfg.grader not in GRADERS:
