@@ -116,7 +116,7 @@ def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_a
     assert started == [
         f"[{arm}: {what}] starting"
         for arm in ["lightr-no-select-no-contrast"]
-        for what in ("selection", "fine-tuning", "evaluation")
+        for what in ("selection", "fine-tuning", "evaluation", "adapter effect")
     ]
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert "ablations.png" in fig["plots"] and "## Ablations" in (run / "report.md").read_text()
