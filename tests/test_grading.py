@@ -147,6 +147,8 @@ def test_toolkit_and_strict_graders(case, completion, gold, kind, toolkit, stric
 
 def _record(name: str, gold: str) -> dict:
     """A one-problem record of the benchmark whose gold answer is ``gold``."""
+    if name == "math500":
+        return {"problem": "Find it.", "solution": f"So it is \\boxed{{{gold}}}.", "answer": gold}
     if name == "mmlu_stem":
         return {"question": "Which?", "choices": ["w", "x", "y", "z"], "answer": "ABCD".index(gold)}
     if name == "gsm8k":
@@ -198,6 +200,14 @@ NAMED_KINDS = [
     ("math", "\\frac{1}{2}, 3", "\\boxed{\\frac{1}{2}, 4}", True, False),  # sympy stops reading at the comma
     ("math", "\\{1,2\\}", "\\boxed{\\{2,1\\}}", True, True),
     ("math", "4", "The answer is four.", True, True),
+    ("math", "19", "Therefore, the final answer is $\\boxed{19}$. I hope it is correct.", False, True),
+    ("math", "19", "\\boxed{0.19}", True, False),
+    ("gsm8k", "19", "\\boxed{19.0019}", True, False),
+    ("math", "1058", "\\boxed{1,058.00}", True, True),
+    ("math", "\\frac{1}{z}", "\\boxed{\\text{\\frac{1}{z}}}", True, True),
+    ("math500", "\\left( \\frac{3}{2}, -13 \\right)", "\\boxed{\\frac{3}{2}, -13}", True, True),
+    ("math", "A", "So the graph is \\boxed{\\text{A}}.", True, True),
+    ("math", "A", "\\boxed{k = \\text{A}}", True, True),
 ]
 
 
@@ -216,7 +226,7 @@ def test_named_answer_kinds_are_the_toolkits_verdicts():
     from toolkit_reference import toolkit_score
 
     for name, gold, completion, toolkit, _ in NAMED_KINDS:
-        _, _, verdict = toolkit_score(completion, _record(name, gold), name)
+        _, _, verdict = toolkit_score(completion, _record(name, gold), "math" if name == "math500" else name)
         assert verdict in (toolkit, None), (name, gold, completion)  # None: it ran out of time (False)
 
 
@@ -270,9 +280,13 @@ def test_parse_expr_stand_in_gives_sympys_results_without_eval(tmp_path):
         "Symbol.__class__",
         "S('x')",
         "10**10**10",
+        "[1]*10**9",
+        "1000000!",
     ]:
+        t0 = time.perf_counter()
         with pytest.raises(Exception):  # noqa: B017 (any refusal will do)
             _parse_expr_safely(text)
+        assert time.perf_counter() - t0 < 5, text
     assert not marker.exists()
 
 

@@ -52,8 +52,7 @@ _TOOLKIT_UNITS = [
 ]  # fmt: skip
 # (pattern, the literal text every match contains: the unit up to its first "." wildcard)
 _UNIT_RES = [
-    (re.compile(r"(^|\W)" + u + r"($|\W)"), u.split(".")[0])
-    for u in _TOOLKIT_UNITS + [u + "s" for u in _TOOLKIT_UNITS]
+    (re.compile(r"(^|\W)" + u + r"($|\W)"), u.split(".")[0]) for u in _TOOLKIT_UNITS + [u + "s" for u in _TOOLKIT_UNITS]
 ]
 
 # word2number's American number words, as the toolkit converts them (w2n.word_to_num)
@@ -319,8 +318,16 @@ _AND_LIST = re.compile(r"\s*(?:,?\s+and\s+|\\text\{\s*and\s*\}|\\(?:q?quad)\s*an
 
 
 def _strict_raw(raw: str) -> str:
-    """Strict extraction's repairs before normalisation: unit words after a number dropped
-    (``162 dollars``), "and" between list items made a comma (``11 and 13``)."""
+    """Strict extraction's repairs before normalisation: the box inside a "final answer is
+    $...$" sentence, an answer wrapped whole in ``\\text{}`` and a ``\\text{A}`` letter
+    unwrapped (normalisation drops a trailing ``\\text{}`` as a unit), unit words after a
+    number dropped (``162 dollars``), "and" between list items made a comma (``11 and 13``)."""
+    raw = raw.strip()
+    if "boxed" in raw:
+        raw = last_boxed(raw) or raw
+    while raw.startswith("\\text{") and _closing(raw, 5) == len(raw) - 1:
+        raw = raw[6:-1].strip()
+    raw = re.sub(r"\\text\{\s*(\(?[A-E]\)?)\s*\}", r"\1", raw)
     m = _UNIT_WORDS.match(raw)
     if m:
         return m.group(1)
@@ -490,6 +497,8 @@ def _log10_size(e: Any) -> float:
     if e.is_Float:
         return max(0.0, math.log10(abs(float(e)) or 1))
     if e.is_Pow:
+        if e.base.is_number and e.base in (0, 1, -1):
+            return 1.0
         exp_size = _log10_size(e.exp)
         if exp_size > 6:
             return math.inf
@@ -680,6 +689,8 @@ def _run(node: ast.AST, names: dict[str, Any]) -> Any:
         return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _run(node.left, names), _run(node.right, names)
+        if isinstance(left, (tuple, list, set)) or isinstance(right, (tuple, list, set)):
+            raise _Unsafe("arithmetic on a container")  # [1]*10**9 would repeat the list
         if isinstance(node.op, ast.Pow) and _too_big_power(left, right):
             raise _Unsafe("power")
         return _BINOPS[type(node.op)](left, right)
@@ -697,15 +708,23 @@ def _run(node: ast.AST, names: dict[str, Any]) -> Any:
             a.value if takes_strings and isinstance(a, ast.Constant) and isinstance(a.value, str) else _run(a, names)
             for a in node.args
         ]
+        if getattr(func, "__module__", "").startswith("sympy.functions.combinatorial") and any(
+            _log10_size(a) > 5 for a in args if hasattr(a, "is_Integer")
+        ):
+            raise _Unsafe("factorial of a large number")
         return func(*args)
     raise _Unsafe(type(node).__name__)
 
 
 def _too_big_power(base: Any, exp: Any) -> bool:
+    """Whether ``base**exp`` of two numbers has more than 10**5 digits."""
+    import sympy
+
     try:
-        return bool(exp.is_number and abs(exp) > 10_000 and base.is_number and abs(base) != 1)
+        base, exp = sympy.sympify(base, strict=True), sympy.sympify(exp, strict=True)
+        return bool(base.is_number and exp.is_number and _is_huge(sympy.Pow(base, exp, evaluate=False)))
     except Exception:
-        return isinstance(exp, (int, float)) and abs(exp) > 10_000
+        return False
 
 
 class _Timeout(BaseException):
@@ -842,12 +861,33 @@ def _strict_lists(ps: list[str], gs: list[str], timeout: int) -> bool:
     return True
 
 
+def _is_tuple(s: str) -> bool:
+    """``(a, b, ...)``: one pair of round brackets around a list."""
+    return s.startswith("(") and _closing(s, 0) == len(s) - 1 and len(_split_top_level(s[1:-1])) > 1
+
+
+def _closing(s: str, start: int) -> int:
+    """Index of the bracket that closes the one at ``start`` (-1 if none)."""
+    depth = 0
+    for i in range(start, len(s)):
+        depth += s[i] in "([{"
+        depth -= s[i] in ")]}"
+        if depth == 0:
+            return i
+    return -1
+
+
 def strict_equal(pred: str, gold: str, timeout: int = 5) -> bool:
     """Correct equivalence of two normalised answers: exact numbers, lists order-free (and
     labelled ones by label), a name or ``f(x)`` on the left set aside, else math-verify."""
     if pred.lower() == gold.lower():
         return True
+    pn, gn = to_number(pred), to_number(gold)
+    if pn is not None and gn is not None:  # before lists: 1,058 is a number
+        return numbers_equal(pn, gn, strict=True)
     ps, gs = _split_top_level(pred), _split_top_level(gold)
+    if len(ps) > 1 and len(gs) == 1 and _is_tuple(gold):  # a point written without its brackets
+        return _strict_atom(f"({pred})", gold, timeout)
     if len(ps) > 1 or len(gs) > 1:
         return _strict_lists(ps, gs, timeout)
     p_label, p_value = _label_split(pred)
