@@ -1,0 +1,129 @@
+"""What work groups cost, and that the number of processes no longer changes the output.
+
+1. Speed: ``sample`` and ``eval`` (one process, ``--threads`` threads) in groups of each
+   ``--group-sizes`` against one group that holds every problem, which is how the stages
+   decoded before groups (the whole problem list refilling one batch). Wall time includes
+   process start and model loading; the stage's own time is shown beside it.
+2. Equality: in groups of the smallest ``--group-sizes`` (so both processes get work), one
+   process against two (``torchrun``, gloo), each with one thread, their outputs compared
+   byte for byte.
+
+    python benchmarks/bench_groups.py                               # a small random pair built here
+    python benchmarks/bench_groups.py --expert embedded:Qwen2.5-Coder-1.5B-Instruct \\
+        --amateur embedded:Qwen2.5-Coder-0.5B-Instruct --problems 128 --dtype auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_core import build_pair  # noqa: E402
+
+from lightreasoner.config import EVAL_GROUP_SIZE, GROUP_SIZE  # noqa: E402
+
+DEFAULT = {"sample": GROUP_SIZE, "eval": EVAL_GROUP_SIZE}
+
+
+def run(args: list[str], procs: int, threads: int) -> float:
+    """Wall seconds of ``lightreasoner ARGS`` as ``procs`` processes of ``threads`` threads."""
+    cmd = [sys.executable, "-m", "lightreasoner", *args]
+    if procs > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+        cmd += ["-m", "lightreasoner", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t0
+
+
+def stage_args(stage: str, a: argparse.Namespace, out: Path, group: int) -> list[str]:
+    """``sample`` on the first training problems of GSM8K, ``eval`` on the first test problems."""
+    common = ["-q", "--dtype", a.dtype, "--group-size", str(group), "--out", str(out)]
+    if stage == "sample":
+        return ["sample", *common, "--expert", a.expert, "--amateur", a.amateur, "--data", "gsm8k:train",
+                "--max-problems", str(a.problems), "--max-new-tokens", str(a.max_new_tokens)]  # fmt: skip
+    return ["eval", *common, "--model", a.expert, "--benchmarks", "gsm8k", "--limit", str(a.problems),
+            "--max-new-tokens", str(a.eval_max_new_tokens), "--backend", "hf"]  # fmt: skip
+
+
+def own_seconds(stage: str, out: Path) -> float:
+    """The stage's own time: generation + scoring (sample), decoding + grading (eval)."""
+    if stage == "sample":
+        summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+        return summary["generation_seconds"] + summary["scoring_seconds"]
+    return json.loads((out / "summary.json").read_text())["seconds"]
+
+
+def output(stage: str, out: Path) -> bytes:
+    return out.read_bytes() if stage == "sample" else (out / "gsm8k.jsonl").read_bytes()
+
+
+def speed(stage: str, a: argparse.Namespace, root: Path) -> None:
+    """Rows of the speed table for one stage: every group size against one group of all."""
+    sizes = [a.problems, *sorted({g for g in a.group_sizes if g < a.problems})]
+    base = None
+    for g in sizes:
+        out = root / f"{stage}-g{g}" / ("s.jsonl" if stage == "sample" else "eval")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        wall = run(stage_args(stage, a, out, g), 1, a.threads)
+        own = own_seconds(stage, out)
+        base = base or own
+        label = f"{g} (one group: the refill of before)" if g == a.problems else str(g)
+        label += " (default)" if g == DEFAULT[stage] else ""
+        print(f"| {stage} | {label} | {wall:.1f} | {own:.1f} | {100 * (own / base - 1):+.1f}% |", flush=True)
+
+
+def equality(stage: str, a: argparse.Namespace, root: Path) -> None:
+    """One row: 1 process against 2 in groups of the smallest size asked, one thread each."""
+    outs, walls = [], []
+    for procs in (1, 2):
+        out = root / f"{stage}-p{procs}" / ("s.jsonl" if stage == "sample" else "eval")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        walls.append(run(stage_args(stage, a, out, min(a.group_sizes)), procs, 1))
+        outs.append(output(stage, out))
+    same = "byte-identical" if outs[0] == outs[1] else "DIFFERENT"
+    print(f"| {stage} | {walls[0]:.1f} | {walls[1]:.1f} | {same} ({len(outs[0])} bytes) |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--expert")
+    ap.add_argument("--amateur")
+    ap.add_argument("--problems", type=int, default=128, help="problems of each stage")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="sampling budget (the paper's 128)")
+    ap.add_argument("--eval-max-new-tokens", type=int, default=512)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--group-sizes", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the one-process speed runs")
+    ap.add_argument("--stages", default="sample,eval")
+    ap.add_argument("--no-equality", action="store_true", help="skip the 1 vs 2 processes comparison")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if not a.expert:
+            (root / "pair").mkdir()
+            a.expert, a.amateur = build_pair(root / "pair")
+        stages = a.stages.split(",")
+        print(f"expert {a.expert}, amateur {a.amateur}, {a.problems} problems, dtype {a.dtype}, {a.threads} threads")
+        print("\n| stage | group size | wall (s) | stage's own time (s) | vs one group |\n|---|---|---|---|---|")
+        for stage in stages:
+            speed(stage, a, root)
+        if not a.no_equality:
+            head = f"| stage (groups of {min(a.group_sizes)}) | 1 process x 1 thread (s) | 2 x 1 thread (s) | output |"
+            print(f"\n{head}\n|---|---|---|---|")
+            for stage in stages:
+                equality(stage, a, root)
+
+
+if __name__ == "__main__":
+    main()
