@@ -42,6 +42,7 @@ def test_hostile_config_is_really_hostile(hostile):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.slow
 def test_decoder_matches_plain_argmax_with_refill(hostile, batch_size):
     tok, model = load_tokenizer(str(hostile)), load_model(str(hostile))
     prompts = [encode_prompt(tok, q, SAMPLING_SYSTEM_PROMPT) for q in gsm8k_questions(6)]
@@ -99,6 +100,7 @@ def test_sampled_steps_are_the_argmax_of_a_plain_forward(hostile, pair, problems
             assert int(model(input_ids=ids).logits[0, -1].argmax()) == r.prefix_token_ids[-1]
 
 
+@pytest.mark.slow
 def test_expert_scoring_from_generation_equals_teacher_forced(pair, problems_file, tmp_path):
     runs = {}
     for mode in ("generation", "teacher-forced"):

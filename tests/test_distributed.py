@@ -93,6 +93,7 @@ def finished_problems(out) -> int:
     return sum(len(json.loads(x)["problems"]) for p in logs for x in p.read_text().splitlines()[1:])
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_sampling_then_resumed_with_one_process(pair, data, one_process_samples, tmp_path):
     out = tmp_path / "s.jsonl"
     proc = launch(sample_args(pair, data, out), env=kill_env(1, "sample", rank=1))  # rank 1 dies after a group
@@ -107,6 +108,7 @@ def test_a_rank_killed_mid_sampling_then_resumed_with_one_process(pair, data, on
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="benchmark files of ../shared/data not present")
+@pytest.mark.slow
 def test_two_process_eval_equals_one(pair, tmp_path):
     args = ["eval", "-q", "--model", str(pair[0]), "--benchmarks", "gsm8k,reasoning-gym:gsm_symbolic",
             "--data-dir", str(SHARED_DATA), "--limit", "5", "--max-new-tokens", "12", "--batch-size", "2"]  # fmt: skip
@@ -119,6 +121,7 @@ def test_two_process_eval_equals_one(pair, tmp_path):
     assert a["results"] == b["results"] and b["processes"] == 2
 
 
+@pytest.mark.slow
 def test_two_process_training_writes_one_adapter_and_matches_one_process(pair, one_process_samples, tmp_path):
     args = ["train", "-q", "--model", str(pair[0]), "--samples", str(one_process_samples), "--max-steps", "2",
             "--grad-accum", "1", "--lora-dropout", "0", "--logging-steps", "1", "--save-steps", "100"]  # fmt: skip
@@ -134,6 +137,7 @@ def test_two_process_training_writes_one_adapter_and_matches_one_process(pair, o
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_run_with_two_processes_per_stage(pair, tmp_path):
     from test_pipeline import tiny_run
 

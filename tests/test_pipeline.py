@@ -54,6 +54,7 @@ def finished(pair, tmp_path_factory):
     return cfg, run_experiment(cfg, show_progress=False)
 
 
+@pytest.mark.slow
 def test_run_produces_every_artefact_and_the_report(finished):
     cfg, fig = finished
     run = Path(cfg.out)
@@ -114,6 +115,7 @@ def test_run_produces_every_artefact_and_the_report(finished):
     assert "p-value" in report and ("not significant at 0.05" in report or "significant at 0.05" in report)
 
 
+@pytest.mark.slow
 def test_rerun_skips_completed_stages_and_resumes_missing_ones(pair, finished, caplog):
     cfg, _ = finished
     run = Path(cfg.out)
@@ -134,6 +136,7 @@ def test_rerun_skips_completed_stages_and_resumes_missing_ones(pair, finished, c
     assert (run / "arms/lightr/adapter/adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
 
 
+@pytest.mark.slow
 def test_changed_settings_in_the_same_folder_are_refused(pair, finished):
     cfg, _ = finished
     with pytest.raises(LightReasonerError, match=r"other settings \(max_problems: 3 -> 4\)"):
@@ -215,6 +218,7 @@ def test_run_command_reports_bad_config(tmp_path, capsys):
     assert "unknown option 'max_stepz'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_run_with_its_name(pair, tmp_path, capfd):
     cfg = tiny_run(pair, tmp_path / "r", eval_limit=1, sample={"max_new_tokens": 16, "max_problems": 0})
     with pytest.raises(LightReasonerError, match=r"stage 'trajectories \(amateur\)' failed \(exit status 2"):

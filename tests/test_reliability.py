@@ -144,6 +144,7 @@ def test_corrupt_middle_line_of_eval_results_is_a_clear_error(pair, tmp_path):
         evaluate(_ecfg(pair, out), show_progress=False)
 
 
+@pytest.mark.slow
 def test_full_disk_is_a_clean_message_and_earlier_work_is_kept(pair, tmp_path, monkeypatch, capsys):
     data, out = _data(tmp_path / "p.jsonl", 8), tmp_path / "s.jsonl"
     full = sample(_scfg(pair, data, tmp_path / "full.jsonl", batch_size=1, group_size=1), show_progress=False)
@@ -187,6 +188,7 @@ def test_killed_between_summary_and_output_resumes(pair, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.slow
 def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path, seed):
     args = [
         "eval",
@@ -223,6 +225,7 @@ def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path,
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_path, seed):
     from dataclasses import asdict
 

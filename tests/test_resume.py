@@ -21,6 +21,7 @@ def records(path):
 
 
 @pytest.mark.parametrize("min_done", [1, 4])
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(pair, tmp_path, min_done):
     expert, amateur = pair
     data = tmp_path / "p.jsonl"

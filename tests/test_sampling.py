@@ -36,6 +36,7 @@ def trajs(loaded):
     return out
 
 
+@pytest.mark.slow
 def test_batched_generation_matches_single_problem_generation(loaded, trajs):
     tok, expert, _ = loaded
     for t in trajs[:2]:
@@ -45,6 +46,7 @@ def test_batched_generation_matches_single_problem_generation(loaded, trajs):
         assert alone.generated_ids[:n] == t.generated_ids
 
 
+@pytest.mark.slow
 def test_teacher_forced_argmax_reproduces_greedy_trajectory(loaded, trajs):
     tok, expert, _ = loaded
     for t, logits in zip(trajs, teacher_forced_logits(expert, trajs, tok.pad_token_id)):
@@ -53,6 +55,7 @@ def test_teacher_forced_argmax_reproduces_greedy_trajectory(loaded, trajs):
 
 
 @pytest.mark.parametrize("beta", [0.4, -math.inf])
+@pytest.mark.slow
 def test_fast_and_reference_scoring_select_the_same_steps(loaded, trajs, beta):
     tok, expert, amateur = loaded
     fast_e = teacher_forced_logits(expert, trajs, tok.pad_token_id)
@@ -124,6 +127,7 @@ def test_sample_writes_release_compatible_records(pair, problems_file, tmp_path)
     assert not out.with_name("s.jsonl.partial").exists() and not out.with_name("s.jsonl.progress").exists()
 
 
+@pytest.mark.slow
 def test_sample_reference_path_writes_the_same_records(pair, problems_file, tmp_path):
     sample(_cfg(pair, problems_file, tmp_path / "f.jsonl", max_problems=3), show_progress=False)
     sample(_cfg(pair, problems_file, tmp_path / "r.jsonl", max_problems=3, reference_scoring=True), show_progress=False)
@@ -133,6 +137,7 @@ def test_sample_reference_path_writes_the_same_records(pair, problems_file, tmp_
         assert x.weights == pytest.approx(y.weights, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_include_first_step_and_keep_all(pair, problems_file, tmp_path):
     out = tmp_path / "all.jsonl"
     summary = sample(
@@ -143,6 +148,7 @@ def test_include_first_step_and_keep_all(pair, problems_file, tmp_path):
     assert min(r.step for r in recs) == 0
 
 
+@pytest.mark.slow
 def test_no_contrast_ablation_uses_expert_distribution(pair, problems_file, tmp_path):
     a, b = tmp_path / "c.jsonl", tmp_path / "e.jsonl"
     sample(_cfg(pair, problems_file, a, max_problems=2), show_progress=False)
@@ -152,6 +158,7 @@ def test_no_contrast_ablation_uses_expert_distribution(pair, problems_file, tmp_
     assert any(x.weights != pytest.approx(y.weights, abs=1e-3) for x, y in zip(ra, rb))
 
 
+@pytest.mark.slow
 def test_finished_output_is_not_silently_reused_with_other_settings(pair, problems_file, tmp_path):
     from lightreasoner.errors import LightReasonerError
 
@@ -165,6 +172,7 @@ def test_finished_output_is_not_silently_reused_with_other_settings(pair, proble
     assert redone["config"]["beta"] == 0.3
 
 
+@pytest.mark.slow
 def test_vllm_trajectories_give_the_records_of_teacher_forced_scoring(pair, problems_file, tmp_path, stand_in_vllm):
     """--backend vllm: the engine's trajectories, scored by both models in teacher-forced passes,
     give the records of the hf backend with --expert-scoring teacher-forced; the engine is shut
@@ -189,6 +197,7 @@ def test_vllm_trajectories_give_the_records_of_teacher_forced_scoring(pair, prob
     assert v["fingerprint"]["backend"] == "vllm" and "backend" not in hf["fingerprint"]
 
 
+@pytest.mark.slow
 def test_vllm_backend_resumes_with_the_problems_not_committed(pair, problems_file, tmp_path, stand_in_vllm):
     from lightreasoner.records import ResumableWriter
 

@@ -116,6 +116,7 @@ def sft_full(pair, problems_file, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sft_end_to_end(sft_full):
     rows = [json.loads(x) for x in (sft_full / "solutions.jsonl").read_text().splitlines()]
     assert [(r["problem_index"], r["sample_index"]) for r in rows] == [(p, j) for p in range(8) for j in range(3)]
@@ -134,6 +135,7 @@ def test_sft_end_to_end(sft_full):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_sft_killed_at_a_random_moment_resumes_to_the_same_result(pair, problems_file, sft_full, tmp_path, seed):
     out = tmp_path / "out"
     stage, after = random.Random(seed).choice([("sft", 1), ("sft", 5), ("train", 2), ("train", 3)])

@@ -55,6 +55,7 @@ def study(pair, second_amateur, fake_grader, tmp_path_factory):
     return cfg, run_experiment(cfg, show_progress=False)
 
 
+@pytest.mark.slow
 def test_a_study_with_two_amateurs_and_three_methods(study, pair, second_amateur):
     cfg, fig = study
     run = Path(cfg.out)
@@ -92,6 +93,7 @@ def test_a_study_with_two_amateurs_and_three_methods(study, pair, second_amateur
         assert w > 300 and h > 150
 
 
+@pytest.mark.slow
 def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_amateur, caplog):
     cfg, _ = study
     run = Path(cfg.out)
@@ -148,6 +150,7 @@ def sample_config(pair, out, **over) -> SampleConfig:
 
 
 @pytest.mark.parametrize("contrast", [True, False])
+@pytest.mark.slow
 def test_selecting_from_the_pool_equals_sampling_the_variant(pair, tmp_path, contrast):
     direct = sample_config(pair, tmp_path / "d.jsonl", beta=0.3, contrast=contrast)
     pool = sample_config(pair, tmp_path / "pool.jsonl", beta="-inf", expert_weights=True)
@@ -165,6 +168,7 @@ def test_selecting_from_the_pool_equals_sampling_the_variant(pair, tmp_path, con
     assert summary["scored_steps"] == direct_summary["scored_steps"]
 
 
+@pytest.mark.slow
 def test_select_refuses_a_pool_without_both_labels(pair, tmp_path):
     cfg = sample_config(pair, tmp_path / "s.jsonl", max_problems=1, max_new_tokens=8, beta="-inf")
     sample(cfg, show_progress=False)

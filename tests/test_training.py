@@ -73,6 +73,7 @@ def test_loss_is_kl_of_soft_label_to_last_position_distribution(pair, samples):
     assert loss.item() == pytest.approx(sum(manual) / len(manual), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_release_format_rebuilds_prompt_and_trains(pair, samples, tmp_path):
     expert, _ = pair
     release = tmp_path / "release.jsonl"
@@ -108,6 +109,7 @@ def test_release_format_rebuilds_prompt_and_trains(pair, samples, tmp_path):
         assert (out / "tokenizer_config.json").exists() and (out / "train_summary.json").exists()
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path, monkeypatch):
     from lightreasoner import training
 
