@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lightreasoner.cli import main
@@ -172,6 +173,7 @@ def test_bad_target_modules(pair, tmp_path, capsys):
     assert code == 2 and "--target-modules" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_and_merge_commands(pair, problems_file, tmp_path, capsys):
     out = tmp_path / "s.jsonl"
     assert main(sample_args(pair, problems_file, out, "--max-problems", "2")) == 0

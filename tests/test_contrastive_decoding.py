@@ -48,6 +48,7 @@ def reference_cd(expert, amateur, prompt, n, stops, alpha, beta):
     return out
 
 
+@pytest.mark.slow
 def test_batched_cd_equals_step_by_step_definition(pair):
     from lightreasoner.decoding import contrastive_combine
 
@@ -77,6 +78,7 @@ def cd_cfg(pair, out, **kw):
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="benchmark files of ../shared/data not present")
+@pytest.mark.slow
 def test_cd_with_beta_zero_is_greedy_and_named_cd(pair, tmp_path):
     plain = evaluate(cd_cfg(pair, tmp_path / "plain"), show_progress=False)
     cd = evaluate(cd_cfg(pair, tmp_path / "cd", contrastive_amateur=str(pair[1]), cd_beta=0.0), show_progress=False)
@@ -112,6 +114,7 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p():
     assert torch.allclose(hot, torch.softmax(scores / 2.0, -1))
 
 
+@pytest.mark.slow
 def test_sampled_sequences_do_not_depend_on_the_batch(pair):
     expert = load_model(str(pair[0]))
     tok = load_tokenizer(str(pair[0]))

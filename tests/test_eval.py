@@ -45,6 +45,7 @@ def eval_run(pair, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_end_to_end_eval_writes_per_problem_files_summary_and_table(eval_run):
     summary = json.loads((eval_run / "summary.json").read_text())
     assert set(summary["results"]) == set(ALL.split(","))
@@ -62,6 +63,7 @@ def test_end_to_end_eval_writes_per_problem_files_summary_and_table(eval_run):
     assert "AVG." in table and summary["name"] in table
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_generating_again(pair, eval_run, capsys):
     files = {p.name: p.read_text() for p in eval_run.glob("*.jsonl")}
     # cut the last problem of one benchmark and tear a line: the rerun must redo exactly that one
@@ -73,6 +75,7 @@ def test_rerun_resumes_without_generating_again(pair, eval_run, capsys):
     assert after == files
 
 
+@pytest.mark.slow
 def test_adapter_and_compare(pair, eval_run, tmp_path, capsys):
 
     peft_model = tiny.random_lora(pair[0], std=0.5)
@@ -125,6 +128,7 @@ def test_eval_bad_input(pair, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="benchmark files of ../shared/data not present")
+@pytest.mark.slow
 def test_eval_completions_are_the_plain_argmax_whatever_the_checkpoint_says(pair, tmp_path):
     """A checkpoint asking for sampling and penalties is still decoded by pure argmax."""
     import torch

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
@@ -18,6 +19,7 @@ def run_check(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_and_exits_non_zero():
     done = run_check()
     assert done.returncode == 2
@@ -25,6 +27,7 @@ def test_without_cuda_it_says_so_and_exits_non_zero():
     assert "PASS" not in done.stdout
 
 
+@pytest.mark.slow
 def test_the_cpu_subset_runs_and_says_it_is_no_gpu_check(tmp_path):
     done = run_check("--cpu-subset", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -45,6 +48,7 @@ def test_the_cpu_subset_runs_and_says_it_is_no_gpu_check(tmp_path):
     assert done.stdout.rstrip().endswith("3 pass, 0 warn, 0 fail, 4 skip (CPU subset)")
 
 
+@pytest.mark.slow
 def test_the_gpu_checks_code_runs_against_the_vllm_stand_in(tmp_path, stand_in_vllm, monkeypatch):
     """The checks that need a GPU and vLLM, run here on the CPU with the stand-in vLLM (which
     decodes with transformers and ignores adapters): their code runs to a verdict."""

@@ -119,6 +119,7 @@ def test_no_attention_query_sees_nothing(pair, attention_log):
     assert len(attention_log) > 20 and all(rows.all() for rows in attention_log)
 
 
+@pytest.mark.slow
 def test_nan_for_blind_queries_reaches_no_token(pair, attention_log):
     """With attention that returns NaN where a query sees nothing (cuDNN's behaviour), batched
     decoding and teacher-forced scoring still equal the one-at-a-time definition."""
@@ -136,6 +137,7 @@ def test_nan_for_blind_queries_reaches_no_token(pair, attention_log):
         assert torch.allclose(got, alone, atol=1e-4) and got.argmax(-1).tolist() == t.generated_ids
 
 
+@pytest.mark.slow
 def test_eager_attention_takes_the_additive_mask(pair):
     model, tok = load_model(str(pair[0]), torch.float32), load_tokenizer(str(pair[0]))
     model.set_attn_implementation("eager")

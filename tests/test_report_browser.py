@@ -75,6 +75,7 @@ def open_page(browser, path: Path):
     return page, errors
 
 
+@pytest.mark.slow
 def test_report_of_a_tiny_run_in_chromium(tiny_run, browser, tmp_path):
     report = json.loads((tiny_run / "report.json").read_text())
     page, errors = open_page(browser, tiny_run / "report.html")
@@ -115,6 +116,7 @@ def test_report_of_a_tiny_run_in_chromium(tiny_run, browser, tmp_path):
     assert errors == []
 
 
+@pytest.mark.slow
 def test_comparison_of_two_evaluations_in_chromium(browser, tmp_path):
     first, second = [1, 0, 0, 1, 0, 1, 0], [1, 1, 1, 0, 0, 1, 0]
     a, b = eval_folder(tmp_path, "A", first), eval_folder(tmp_path, "B", second)
