@@ -300,4 +300,5 @@ def test_default_grader_agrees_with_the_toolkit(monkeypatch):
         print("  differs:", miss)
     for name, c in report + [("overall", totals)]:
         assert c["agree"] >= THRESHOLD * c["n"], (name, c)
+        assert c["agree_eval_path"] >= THRESHOLD * c["n"], (name, c)  # what eval and grade use
         assert 0 < c["toolkit_correct"] < c["n"], (name, c)  # right and wrong answers both generated

@@ -146,33 +146,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    import json
+    from .evaluation.runner import grade_file
 
-    from .data import iter_jsonl
-    from .evaluation.benchmarks import get_benchmark
-    from .evaluation.grading import grade
-    from .io import atomic_write_text
-
-    # runner.grade_file re-grades with the toolkit's grader only; this is it with a choice
-    bench, rows = get_benchmark(args.benchmark), []
-    for lineno, row in iter_jsonl(args.file):
-        for key in ("completion", "gold"):
-            if key not in row:
-                raise LightReasonerError(f"{args.file}:{lineno}: no {key!r} field")
-        pred, ok = grade(
-            str(row["completion"]),
-            str(row["gold"]),
-            bench.kind,
-            bench.strip_units,
-            bool(row.get("multiple", False)),
-            args.grader == "strict",
-        )
-        rows.append({**row, "extracted": pred, "correct": ok})
-    if not rows:
-        raise LightReasonerError(f"{args.file}: no lines to grade")
-    atomic_write_text(args.out or args.file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    correct = sum(r["correct"] for r in rows)
-    print(f"{args.benchmark}: {correct}/{len(rows)} correct ({100.0 * correct / len(rows):.1f}%, {args.grader} grader)")
+    r = grade_file(args.file, args.benchmark, args.out, args.grader)
+    print(f"{args.benchmark}: {r['correct']}/{r['n']} correct ({r['accuracy']:.1f}%, {args.grader} grader)")
     print(f"graded lines written to {args.out or args.file}")
     return 0
 

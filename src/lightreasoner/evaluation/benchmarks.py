@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..data import REASONING_GYM_PREFIX, iter_jsonl, packaged_path, reasoning_gym_problems
 from ..errors import LightReasonerError
-from .grading import CHOICE_LETTERS, extract_answer, last_boxed, normalize
+from .grading import CHOICE_LETTERS, last_boxed, normalize
 
 PAPER_BENCHMARKS = ("gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem")
 
@@ -177,8 +177,8 @@ def grade_completion(
     item_kind: str, completion: str, gold: str, strip_units: bool = True, multiple: bool = False, strict: bool = False
 ) -> tuple[str, bool]:
     """``(extracted, correct)`` for one completion, by the toolkit's rules or, with
-    ``strict``, with the toolkit's extraction and a correct equivalence."""
-    from .grading import is_equiv
+    ``strict``, with the toolkit's extraction and a correct equivalence: :func:`grading.grade`,
+    which also reads the whole completion again for letter golds, as the toolkit does."""
+    from .grading import grade
 
-    pred = extract_answer(completion, item_kind, strip_units, strict)
-    return pred, is_equiv(pred, gold, item_kind, multiple, strict=strict)
+    return grade(completion, gold, item_kind, strip_units, multiple, strict)

@@ -491,9 +491,12 @@ def significance_table(summaries: list[dict], runs: list[str | Path]) -> str:
     return "\n".join(lines) + (f"\n\nOne problem is worth (points): {worth}." if worth else "")
 
 
-def grade_file(path: str | Path, benchmark: str, out: str | Path | None = None) -> dict:
-    """Re-grade saved completions (lines with ``completion`` and ``gold``); writes
-    each line back with ``extracted`` and ``correct``."""
+def grade_file(path: str | Path, benchmark: str, out: str | Path | None = None, grader: str = "toolkit") -> dict:
+    """Re-grade saved completions (lines with ``completion`` and ``gold``) with the
+    ``toolkit`` or ``strict`` grader; writes each line back with ``extracted`` and ``correct``
+    (to ``out``, else in place)."""
+    if grader not in GRADERS:
+        raise LightReasonerError(f"--grader {grader!r}: expected one of {', '.join(GRADERS)}")
     bench = get_benchmark(benchmark)
     rows = []
     for lineno, row in iter_jsonl(path):
@@ -501,11 +504,16 @@ def grade_file(path: str | Path, benchmark: str, out: str | Path | None = None) 
             if key not in row:
                 raise LightReasonerError(f"{path}:{lineno}: no {key!r} field")
         pred, ok = grade_completion(
-            bench.kind, str(row["completion"]), str(row["gold"]), bench.strip_units, bool(row.get("multiple", False))
+            bench.kind,
+            str(row["completion"]),
+            str(row["gold"]),
+            bench.strip_units,
+            bool(row.get("multiple", False)),
+            grader == "strict",
         )
         rows.append({**row, "extracted": pred, "correct": ok})
     if not rows:
         raise LightReasonerError(f"{path}: no lines to grade")
     atomic_write_text(out or path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     correct = sum(r["correct"] for r in rows)
-    return {"n": len(rows), "correct": correct, "accuracy": 100.0 * correct / len(rows)}
+    return {"n": len(rows), "correct": correct, "accuracy": 100.0 * correct / len(rows), "grader": grader}
