@@ -242,11 +242,14 @@ def eval_row(it, g, bench, grader: str) -> dict:
     }
 
 
-def generate_units(gen, units: list[list], prompt: Callable, commit: Callable, together: bool = False) -> None:
+def generate_units(
+    gen, units: list[list], prompt: Callable, commit: Callable, together: bool = False, on_each: Callable | None = None
+) -> None:
     """Completions of each unit's prompts, each unit handed to ``commit(unit, completions)``
     whole, in order. One ``generate`` call per unit, so a unit is its own batch (hf); with
     ``together`` one call for all units (vLLM, which batches on its own), each unit committed
-    as soon as its last completion arrives."""
+    as soon as its last completion arrives. ``on_each()`` runs as each completion arrives
+    (progress within a unit; nothing is committed until the unit is whole)."""
     for batch in [units] if together and units else [[u] for u in units]:
         where = [(u, k) for u, unit in enumerate(batch) for k in range(len(unit))]
         got: dict[int, dict[int, object]] = {u: {} for u in range(len(batch))}
@@ -254,6 +257,8 @@ def generate_units(gen, units: list[list], prompt: Callable, commit: Callable, t
         def finished(i: int, g, batch=batch, where=where, got=got) -> None:
             u, k = where[i]
             got[u][k] = g
+            if on_each is not None:
+                on_each()
             if len(got[u]) == len(batch[u]):
                 commit(batch[u], [got[u][j] for j in range(len(batch[u]))])
 
@@ -353,13 +358,16 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
             faults.committed("eval")
         rows.extend(new)
         bar.set_description(name)
-        bar.update(len(unit) * world)
         bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / max(1, len(rows)):.1f}")
+
+    def finished_one() -> None:
+        """The bar moves as each completion arrives (the other ranks' at the same pace)."""
+        bar.update(world)
 
     def prompt(x: tuple) -> str:
         return build_prompt(tok, x[1].question, cfg.system_prompt)
 
-    generate_units(gen, todo, prompt, commit, together=backend == "vllm")
+    generate_units(gen, todo, prompt, commit, together=backend == "vllm", on_each=finished_one)
     bar.close()
     if hasattr(gen, "close"):
         gen.close()  # a vLLM engine gives its GPU back now
