@@ -46,14 +46,28 @@ def run(args: list[str], procs: int, threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def problems(stage: str, a: argparse.Namespace) -> int:
+    if a.equality_run:
+        return a.equality_problems or a.problems
+    return a.eval_problems if stage == "eval" and a.eval_problems else a.problems
+
+
+def eval_tokens(a: argparse.Namespace) -> int:
+    return (a.equality_eval_max_new_tokens if a.equality_run else None) or a.eval_max_new_tokens
+
+
+def group_sizes(stage: str, a: argparse.Namespace) -> list[int]:
+    return a.eval_group_sizes if stage == "eval" and a.eval_group_sizes else a.group_sizes
+
+
 def stage_args(stage: str, a: argparse.Namespace, out: Path, group: int) -> list[str]:
     """``sample`` on the first training problems of GSM8K, ``eval`` on the first test problems."""
     common = ["-q", "--dtype", a.dtype, "--group-size", str(group), "--out", str(out)]
     if stage == "sample":
         return ["sample", *common, "--expert", a.expert, "--amateur", a.amateur, "--data", "gsm8k:train",
                 "--max-problems", str(a.problems), "--max-new-tokens", str(a.max_new_tokens)]  # fmt: skip
-    return ["eval", *common, "--model", a.expert, "--benchmarks", "gsm8k", "--limit", str(a.problems),
-            "--max-new-tokens", str(a.eval_max_new_tokens), "--backend", "hf"]  # fmt: skip
+    return ["eval", *common, "--model", a.expert, "--benchmarks", "gsm8k", "--limit", str(problems(stage, a)),
+            "--max-new-tokens", str(eval_tokens(a)), "--backend", "hf"]  # fmt: skip
 
 
 def own_seconds(stage: str, out: Path) -> float:
@@ -70,7 +84,8 @@ def output(stage: str, out: Path) -> bytes:
 
 def speed(stage: str, a: argparse.Namespace, root: Path) -> None:
     """Rows of the speed table for one stage: every group size against one group of all."""
-    sizes = [a.problems, *sorted({g for g in a.group_sizes if g < a.problems})]
+    n = problems(stage, a)
+    sizes = [n, *sorted({g for g in group_sizes(stage, a) if g < n})]
     base = None
     for g in sizes:
         out = root / f"{stage}-g{g}" / ("s.jsonl" if stage == "sample" else "eval")
@@ -78,21 +93,25 @@ def speed(stage: str, a: argparse.Namespace, root: Path) -> None:
         wall = run(stage_args(stage, a, out, g), 1, a.threads)
         own = own_seconds(stage, out)
         base = base or own
-        label = f"{g} (one group: the refill of before)" if g == a.problems else str(g)
+        label = f"{g} (one group: the refill of before)" if g == n else str(g)
         label += " (default)" if g == DEFAULT[stage] else ""
         print(f"| {stage} | {label} | {wall:.1f} | {own:.1f} | {100 * (own / base - 1):+.1f}% |", flush=True)
 
 
 def equality(stage: str, a: argparse.Namespace, root: Path) -> None:
     """One row: 1 process against 2 in groups of the smallest size asked, one thread each."""
+    a.equality_run = True
     outs, walls = [], []
     for procs in (1, 2):
         out = root / f"{stage}-p{procs}" / ("s.jsonl" if stage == "sample" else "eval")
         out.parent.mkdir(parents=True, exist_ok=True)
-        walls.append(run(stage_args(stage, a, out, min(a.group_sizes)), procs, 1))
+        walls.append(run(stage_args(stage, a, out, min(group_sizes(stage, a))), procs, 1))
         outs.append(output(stage, out))
     same = "byte-identical" if outs[0] == outs[1] else "DIFFERENT"
-    print(f"| {stage} | {walls[0]:.1f} | {walls[1]:.1f} | {same} ({len(outs[0])} bytes) |", flush=True)
+    n, g = problems(stage, a), min(group_sizes(stage, a))
+    a.equality_run = False
+    row = f"| {stage} ({n} problems, groups of {g}) | {walls[0]:.1f} | {walls[1]:.1f} |"
+    print(f"{row} {same} ({len(outs[0])} bytes) |", flush=True)
 
 
 def main() -> None:
@@ -101,25 +120,33 @@ def main() -> None:
     ap.add_argument("--amateur")
     ap.add_argument("--problems", type=int, default=128, help="problems of each stage")
     ap.add_argument("--max-new-tokens", type=int, default=128, help="sampling budget (the paper's 128)")
+    ap.add_argument("--eval-problems", type=int, help="problems of eval (default: --problems)")
     ap.add_argument("--eval-max-new-tokens", type=int, default=512)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--group-sizes", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--eval-group-sizes", type=int, nargs="+", help="group sizes of eval (default: --group-sizes)")
+    ap.add_argument("--equality-problems", type=int, help="problems of the 1 vs 2 processes runs (default: as above)")
+    ap.add_argument("--equality-eval-max-new-tokens", type=int, help="eval's budget in those runs (default: as above)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the one-process speed runs")
     ap.add_argument("--stages", default="sample,eval")
     ap.add_argument("--no-equality", action="store_true", help="skip the 1 vs 2 processes comparison")
     a = ap.parse_args()
+    a.equality_run = False
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not a.expert:
             (root / "pair").mkdir()
             a.expert, a.amateur = build_pair(root / "pair")
         stages = a.stages.split(",")
-        print(f"expert {a.expert}, amateur {a.amateur}, {a.problems} problems, dtype {a.dtype}, {a.threads} threads")
+        print(
+            f"expert {a.expert}, amateur {a.amateur}, {a.problems} problems (eval: {problems('eval', a)}, "
+            f"{a.eval_max_new_tokens} new tokens), dtype {a.dtype}, {a.threads} threads"
+        )
         print("\n| stage | group size | wall (s) | stage's own time (s) | vs one group |\n|---|---|---|---|---|")
         for stage in stages:
             speed(stage, a, root)
         if not a.no_equality:
-            head = f"| stage (groups of {min(a.group_sizes)}) | 1 process x 1 thread (s) | 2 x 1 thread (s) | output |"
+            head = "| stage | 1 process x 1 thread (s) | 2 x 1 thread (s) | output |"
             print(f"\n{head}\n|---|---|---|---|")
             for stage in stages:
                 equality(stage, a, root)
