@@ -4,7 +4,8 @@
    ``--group-sizes`` against one group that holds every problem, which is how the stages
    decoded before groups (the whole problem list refilling one batch). Wall time includes
    process start and model loading; the stage's own time is shown beside it.
-2. Equality: in groups of the smallest ``--group-sizes`` (so both processes get work), one
+2. Equality: in groups of the smallest ``--group-sizes`` or ``--equality-group-size`` (small
+   enough that both processes get work), one
    process against two (``torchrun``, gloo), each with one thread, their outputs compared
    byte for byte.
 
@@ -50,6 +51,10 @@ def problems(stage: str, a: argparse.Namespace) -> int:
     if a.equality_run:
         return a.equality_problems or a.problems
     return a.eval_problems if stage == "eval" and a.eval_problems else a.problems
+
+
+def equality_group(stage: str, a: argparse.Namespace) -> int:
+    return a.equality_group_size or min(group_sizes(stage, a))
 
 
 def eval_tokens(a: argparse.Namespace) -> int:
@@ -105,10 +110,10 @@ def equality(stage: str, a: argparse.Namespace, root: Path) -> None:
     for procs in (1, 2):
         out = root / f"{stage}-p{procs}" / ("s.jsonl" if stage == "sample" else "eval")
         out.parent.mkdir(parents=True, exist_ok=True)
-        walls.append(run(stage_args(stage, a, out, min(group_sizes(stage, a))), procs, 1))
+        walls.append(run(stage_args(stage, a, out, equality_group(stage, a)), procs, 1))
         outs.append(output(stage, out))
     same = "byte-identical" if outs[0] == outs[1] else "DIFFERENT"
-    n, g = problems(stage, a), min(group_sizes(stage, a))
+    n, g = problems(stage, a), equality_group(stage, a)
     a.equality_run = False
     row = f"| {stage} ({n} problems, groups of {g}) | {walls[0]:.1f} | {walls[1]:.1f} |"
     print(f"{row} {same} ({len(outs[0])} bytes) |", flush=True)
@@ -126,6 +131,7 @@ def main() -> None:
     ap.add_argument("--group-sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--eval-group-sizes", type=int, nargs="+", help="group sizes of eval (default: --group-sizes)")
     ap.add_argument("--equality-problems", type=int, help="problems of the 1 vs 2 processes runs (default: as above)")
+    ap.add_argument("--equality-group-size", type=int, help="group size of those runs (default: the smallest above)")
     ap.add_argument("--equality-eval-max-new-tokens", type=int, help="eval's budget in those runs (default: as above)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the one-process speed runs")
     ap.add_argument("--stages", default="sample,eval")
