@@ -209,3 +209,20 @@ def test_unknown_hub_dataset_is_a_clear_error(pair, tmp_path, capsys, monkeypatc
     out = tmp_path / "s.jsonl"
     code = main(sample_args(pair, "no-such-org/no-such-dataset", out))
     assert_failed_cleanly(code, capsys, out, "cannot load it as a Hugging Face dataset")
+
+
+def test_run_help_shows_the_default_experiments_values(capsys):
+    """``run`` without --config runs configs/default.yaml, so its help shows that file's values."""
+    from lightreasoner.cli import build_parser
+    from lightreasoner.pipeline import default_config
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    default = default_config()
+    for key in ("data", "max_problems", "eval_limit", "eval_max_new_tokens"):
+        assert f"(default: {default[key]})" in text, key
+    assert "(default: reasoning-gym:gsm_symbolic)" not in text  # the dataclass's, which run does not use
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sample", "--help"])  # sample keeps its dataclass defaults
+    assert "hub dataset name[:config] (required)" in " ".join(capsys.readouterr().out.split())

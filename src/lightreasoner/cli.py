@@ -32,14 +32,16 @@ STAGES = ("sample", "train", "sft", "merge", "effect", "eval", "run")
 TRAINER_STAGES = ("train", "sft")  # these also take any transformers.TrainingArguments field as a flag
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per dataclass field (``--no-x`` for booleans); defaults shown, not applied."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, shown: dict | None = None) -> None:
+    """One flag per dataclass field (``--no-x`` for booleans); defaults shown, not applied
+    (``shown``: defaults that replace the dataclass's in the help, as a default config's)."""
     parser.add_argument("--config", help="YAML file with options (flags override it)")
     for f in dataclasses.fields(cls):
         if f.type == "dict":
             continue  # sections: YAML only
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (shown or {}).get(f.name, default)
         help_ = f.metadata.get("help", "")
         help_ += " (required)" if f.metadata.get("required") else f" (default: {default})"
         if f.type == "bool":
@@ -203,16 +205,28 @@ def _print_summary(summary: dict, keys: tuple[str, ...]) -> None:
         print(f"{k}: {v}")
 
 
+def _default_run_values() -> dict:
+    """The top-level values of the packaged default experiment, for ``run --help``."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("lightreasoner").joinpath("configs/default.yaml").read_text(encoding="utf-8")
+    return {k: v for k, v in yaml.safe_load(text).items() if not isinstance(v, dict)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightreasoner", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Callable, help_: str, cls: type | None = None) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable, help_: str, cls: type | None = None, shown: dict | None = None
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         if cls is not None:
-            add_config_flags(p, cls)
+            add_config_flags(p, cls, shown)
         p.set_defaults(fn=fn)
         return p
 
@@ -240,8 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         cmd_run,
         "the whole experiment or study: evaluate, sample, fine-tune, evaluate every arm, report "
-        "(without --config: the offline default experiment, configs/default.yaml)",
+        "(without --config: the offline default experiment, configs/default.yaml, whose values the "
+        "defaults below show)",
         RunConfig,
+        _default_run_values(),
     )
     p.add_argument("--quick", action="store_true", help="a few problems and short generations: a smoke test")
     p = add("grade", cmd_grade, "re-grade saved completions (lines with completion and gold)")
