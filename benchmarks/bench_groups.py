@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the one-process speed runs")
     ap.add_argument("--stages", default="sample,eval")
     ap.add_argument("--no-equality", action="store_true", help="skip the 1 vs 2 processes comparison")
+    ap.add_argument("--no-speed", action="store_true", help="skip the group sizes comparison")
     a = ap.parse_args()
     a.equality_run = False
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,9 +149,10 @@ def main() -> None:
             f"expert {a.expert}, amateur {a.amateur}, {a.problems} problems (eval: {problems('eval', a)}, "
             f"{a.eval_max_new_tokens} new tokens), dtype {a.dtype}, {a.threads} threads"
         )
-        print("\n| stage | group size | wall (s) | stage's own time (s) | vs one group |\n|---|---|---|---|---|")
-        for stage in stages:
-            speed(stage, a, root)
+        if not a.no_speed:
+            print("\n| stage | group size | wall (s) | stage's own time (s) | vs one group |\n|---|---|---|---|---|")
+            for stage in stages:
+                speed(stage, a, root)
         if not a.no_equality:
             head = "| stage | 1 process x 1 thread (s) | 2 x 1 thread (s) | output |"
             print(f"\n{head}\n|---|---|---|---|")
