@@ -207,12 +207,9 @@ def _print_summary(summary: dict, keys: tuple[str, ...]) -> None:
 
 def _default_run_values() -> dict:
     """The top-level values of the packaged default experiment, for ``run --help``."""
-    from importlib import resources
+    from .config import default_config
 
-    import yaml
-
-    text = resources.files("lightreasoner").joinpath("configs/default.yaml").read_text(encoding="utf-8")
-    return {k: v for k, v in yaml.safe_load(text).items() if not isinstance(v, dict)}
+    return {k: v for k, v in default_config().items() if not isinstance(v, dict)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -510,3 +510,11 @@ def section(data: dict, stage: str, stages: tuple[str, ...]) -> dict:
             raise LightReasonerError(f"config section {stage!r} must be a mapping")
         return sec
     return data
+
+
+def default_config() -> dict:
+    """The packaged offline default experiment (``configs/default.yaml``)."""
+    from importlib import resources
+
+    text = resources.files("lightreasoner").joinpath("configs/default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)

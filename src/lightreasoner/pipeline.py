@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -35,6 +34,7 @@ from .config import (
     SFTConfig,
     TrainConfig,
     build,
+    default_config,
     read_yaml,
 )
 from .errors import LightReasonerError
@@ -53,12 +53,6 @@ QUICK = {
     "effect_positions": 16,
 }
 """Overrides of ``--quick``: a smoke test of every stage in a few minutes."""
-
-
-def default_config() -> dict:
-    """The packaged offline default experiment (``configs/default.yaml``)."""
-    text = resources.files("lightreasoner").joinpath("configs/default.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
 
 
 def merge_dicts(base: dict, over: dict) -> dict:
