@@ -47,8 +47,8 @@ def run(args: list[str], procs: int, threads: int) -> float:
     return time.perf_counter() - t0
 
 
-def problems(stage: str, a: argparse.Namespace) -> int:
-    if a.equality_run:
+def problems(stage: str, a: argparse.Namespace, equality: bool = False) -> int:
+    if equality:
         return a.equality_problems or a.problems
     return a.eval_problems if stage == "eval" and a.eval_problems else a.problems
 
@@ -57,22 +57,23 @@ def equality_group(stage: str, a: argparse.Namespace) -> int:
     return a.equality_group_size or min(group_sizes(stage, a))
 
 
-def eval_tokens(a: argparse.Namespace) -> int:
-    return (a.equality_eval_max_new_tokens if a.equality_run else None) or a.eval_max_new_tokens
+def eval_tokens(a: argparse.Namespace, equality: bool = False) -> int:
+    return (a.equality_eval_max_new_tokens if equality else None) or a.eval_max_new_tokens
 
 
 def group_sizes(stage: str, a: argparse.Namespace) -> list[int]:
     return a.eval_group_sizes if stage == "eval" and a.eval_group_sizes else a.group_sizes
 
 
-def stage_args(stage: str, a: argparse.Namespace, out: Path, group: int) -> list[str]:
+def stage_args(stage: str, a: argparse.Namespace, out: Path, group: int, equality: bool = False) -> list[str]:
     """``sample`` on the first training problems of GSM8K, ``eval`` on the first test problems."""
     common = ["-q", "--dtype", a.dtype, "--group-size", str(group), "--out", str(out)]
+    n = str(problems(stage, a, equality))
     if stage == "sample":
         return ["sample", *common, "--expert", a.expert, "--amateur", a.amateur, "--data", "gsm8k:train",
-                "--max-problems", str(a.problems), "--max-new-tokens", str(a.max_new_tokens)]  # fmt: skip
-    return ["eval", *common, "--model", a.expert, "--benchmarks", "gsm8k", "--limit", str(problems(stage, a)),
-            "--max-new-tokens", str(eval_tokens(a)), "--backend", "hf"]  # fmt: skip
+                "--max-problems", n, "--max-new-tokens", str(a.max_new_tokens)]  # fmt: skip
+    return ["eval", *common, "--model", a.expert, "--benchmarks", "gsm8k", "--limit", n,
+            "--max-new-tokens", str(eval_tokens(a, equality)), "--backend", "hf"]  # fmt: skip
 
 
 def own_seconds(stage: str, out: Path) -> float:
@@ -105,16 +106,14 @@ def speed(stage: str, a: argparse.Namespace, root: Path) -> None:
 
 def equality(stage: str, a: argparse.Namespace, root: Path) -> None:
     """One row: 1 process against 2 in groups of the smallest size asked, one thread each."""
-    a.equality_run = True
     outs, walls = [], []
     for procs in (1, 2):
         out = root / f"{stage}-p{procs}" / ("s.jsonl" if stage == "sample" else "eval")
         out.parent.mkdir(parents=True, exist_ok=True)
-        walls.append(run(stage_args(stage, a, out, equality_group(stage, a)), procs, 1))
+        walls.append(run(stage_args(stage, a, out, equality_group(stage, a), equality=True), procs, 1))
         outs.append(output(stage, out))
     same = "byte-identical" if outs[0] == outs[1] else "DIFFERENT"
-    n, g = problems(stage, a), equality_group(stage, a)
-    a.equality_run = False
+    n, g = problems(stage, a, equality=True), equality_group(stage, a)
     row = f"| {stage} ({n} problems, groups of {g}) | {walls[0]:.1f} | {walls[1]:.1f} |"
     print(f"{row} {same} ({len(outs[0])} bytes) |", flush=True)
 
@@ -138,7 +137,6 @@ def main() -> None:
     ap.add_argument("--no-equality", action="store_true", help="skip the 1 vs 2 processes comparison")
     ap.add_argument("--no-speed", action="store_true", help="skip the group sizes comparison")
     a = ap.parse_args()
-    a.equality_run = False
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not a.expert:
