@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_core import build_pair  # noqa: E402
 
 from lightreasoner.config import EVAL_GROUP_SIZE, GROUP_SIZE  # noqa: E402
+from lightreasoner.distributed import work_groups  # noqa: E402
 
 DEFAULT = {"sample": GROUP_SIZE, "eval": EVAL_GROUP_SIZE}
 
@@ -93,15 +94,21 @@ def speed(stage: str, a: argparse.Namespace, root: Path) -> None:
     n = problems(stage, a)
     sizes = [n, *sorted({g for g in group_sizes(stage, a) if g < n})]
     base = None
+    if a.one_group_seconds:  # measured before, on the same machine: that run is not repeated
+        base = a.one_group_seconds
+        print(f"| {stage} | {n} (one group: the refill of before, measured before) | {n} | | {base:.1f} | |")
+        sizes = sizes[1:]
     for g in sizes:
         out = root / f"{stage}-g{g}" / ("s.jsonl" if stage == "sample" else "eval")
         out.parent.mkdir(parents=True, exist_ok=True)
         wall = run(stage_args(stage, a, out, g), 1, a.threads)
         own = own_seconds(stage, out)
         base = base or own
+        units = " + ".join(str(len(u)) for u in work_groups(range(n), g))
         label = f"{g} (one group: the refill of before)" if g == n else str(g)
-        label += " (default)" if g == DEFAULT[stage] else ""
-        print(f"| {stage} | {label} | {wall:.1f} | {own:.1f} | {100 * (own / base - 1):+.1f}% |", flush=True)
+        label += " (default)" if g == DEFAULT[stage] or (g == n and DEFAULT[stage] > n) else ""
+        row = f"| {stage} | {label} | {units} | {wall:.1f} | {own:.1f} | {100 * (own / base - 1):+.1f}% |"
+        print(row, flush=True)
 
 
 def equality(stage: str, a: argparse.Namespace, root: Path) -> None:
@@ -114,7 +121,8 @@ def equality(stage: str, a: argparse.Namespace, root: Path) -> None:
         outs.append(output(stage, out))
     same = "byte-identical" if outs[0] == outs[1] else "DIFFERENT"
     n, g = problems(stage, a, equality=True), equality_group(stage, a)
-    row = f"| {stage} ({n} problems, groups of {g}) | {walls[0]:.1f} | {walls[1]:.1f} |"
+    budget = f", {eval_tokens(a, equality=True)} new tokens" if stage == "eval" else ""
+    row = f"| {stage} ({n} problems{budget}, groups of {g}) | {walls[0]:.1f} | {walls[1]:.1f} |"
     print(f"{row} {same} ({len(outs[0])} bytes) |", flush=True)
 
 
@@ -136,19 +144,24 @@ def main() -> None:
     ap.add_argument("--stages", default="sample,eval")
     ap.add_argument("--no-equality", action="store_true", help="skip the 1 vs 2 processes comparison")
     ap.add_argument("--no-speed", action="store_true", help="skip the group sizes comparison")
+    ap.add_argument("--one-group-seconds", type=float, help="own time of the one-group run, measured before (skips it)")
+    ap.add_argument("--keep", type=Path, help="write the stages' outputs here (default: a folder removed at the end)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = a.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         if not a.expert:
             (root / "pair").mkdir()
             a.expert, a.amateur = build_pair(root / "pair")
         stages = a.stages.split(",")
-        print(
-            f"expert {a.expert}, amateur {a.amateur}, {a.problems} problems (eval: {problems('eval', a)}, "
-            f"{a.eval_max_new_tokens} new tokens), dtype {a.dtype}, {a.threads} threads"
-        )
+        print(f"expert {a.expert}, amateur {a.amateur}, dtype {a.dtype}")
         if not a.no_speed:
-            print("\n| stage | group size | wall (s) | stage's own time (s) | vs one group |\n|---|---|---|---|---|")
+            print(
+                f"\nspeed: {a.problems} problems (eval: {problems('eval', a)}, {a.eval_max_new_tokens} new tokens), "
+                f"one process of {a.threads} threads"
+            )
+            print("\n| stage | group size | units | wall (s) | stage's own time (s) | vs one group |")
+            print("|---|---|---|---|---|---|")
             for stage in stages:
                 speed(stage, a, root)
         if not a.no_equality:

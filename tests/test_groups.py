@@ -28,8 +28,22 @@ def test_groups_depend_only_on_the_order_and_the_size():
     groups = work_groups(items, 4)
     assert groups == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     assert work_groups(items, 100) == [items]
+    assert work_groups([], 4) == []
     with pytest.raises(ValueError):
         work_groups(items, 0)
+
+
+def test_groups_are_as_equal_as_can_be():
+    """No small last unit: 10 in groups of at most 4 is 4, 3, 3 (not 4, 4, 2); 400 in 128s is 4 x 100."""
+    assert work_groups(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert [len(g) for g in work_groups(list(range(400)), 128)] == [100] * 4
+    for n in range(1, 60):
+        for size in range(1, 12):
+            groups = work_groups(list(range(n)), size)
+            lengths = [len(g) for g in groups]
+            assert sum(groups, []) == list(range(n)) and max(lengths) <= size
+            assert len(groups) == -(-n // size) and max(lengths) - min(lengths) <= 1
+            assert lengths == sorted(lengths, reverse=True)
 
 
 def test_ranks_take_whole_unfinished_groups():
@@ -88,7 +102,17 @@ def test_a_resume_with_other_threads_or_batch_sizes_warns_and_continues(tmp_path
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lightreasoner.records"):  # begun before work groups existed
         assert set(ResumableWriter(out, {**other, "group_size": 2}).done) == {0}
-    assert "begun before work groups existed; it goes on in groups of 2" in caplog.text
+    assert "begun before work groups existed; it goes on in groups of at most 2" in caplog.text
+
+
+def test_an_output_begun_with_the_earlier_cut_goes_on_in_even_groups(caplog):
+    now = {"beta": "0.4", "group_size": 64, "group_cut": "even"}
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.records"):
+        assert changed_fields({"beta": "0.4", "group_size": 64}, now, "s.jsonl") == []
+        assert changed_fields({"beta": "0.4"}, now, "t.jsonl") == []  # made before groups existed
+    assert "s.jsonl was begun with groups cut full first" in caplog.text
+    assert caplog.text.count("t.jsonl") == 1 and "even groups of at most 64" in caplog.text
+    assert changed_fields({"beta": "0.4", "group_size": 32, "group_cut": "even"}, now, "s.jsonl") == ["group_size"]
 
 
 def test_eval_commits_each_unit_whole_and_in_order():

@@ -2,8 +2,9 @@
 launch``, ``torchrun`` and Slurm launchers all work), the work units every stage is cut
 into, their sharding, and helpers for main-process-only writes.
 
-Work units: a stage's problems are cut into consecutive groups of ``group_size``
-(:func:`work_groups`), which depend only on the problem order and the group size. Each
+Work units: a stage's problems are cut into consecutive groups of at most ``group_size``,
+as equal in size as can be (:func:`work_groups`), which depend only on the problems (their
+order and number) and the group size. Each
 group is decoded and scored as its own batch and committed whole; ranks take whole groups
 (:func:`rank_groups`) and a resume redoes only the groups not committed. So the output does
 not depend on the number of processes, on interruptions, or on what has finished: given the
@@ -91,11 +92,33 @@ def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
 
 
 def work_groups(items: Sequence[T], size: int) -> list[list[T]]:
-    """``items`` cut into consecutive groups of ``size`` (the last one may be shorter): the
-    work units of a stage. They depend only on the items' order and ``size``."""
+    """``items`` cut into the fewest consecutive groups of at most ``size``, as equal as can be
+    (sizes differ by at most one, the larger first): the work units of a stage. They depend
+    only on the items (their order and number) and ``size``.
+
+    Equal sizes because a unit decoded as one batch runs until its longest sequence: a small
+    last unit (400 in units of 128 would end with one of 16) pays that tail nearly in full
+    for a few problems, and leaves one rank with little to do."""
     if size < 1:
         raise ValueError(f"group size {size}: must be at least 1")
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+    count = -(-len(items) // size)
+    if count == 0:
+        return []
+    small, bigger = divmod(len(items), count)
+    bounds = [0]
+    for g in range(count):
+        bounds.append(bounds[-1] + small + (g < bigger))
+    return [list(items[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+GROUP_CUT = "even"
+"""How :func:`work_groups` cuts, recorded in fingerprints: outputs begun with the earlier cut
+(full groups, then the rest) continue in even groups, with a warning."""
+
+
+def unit_fields(size: int) -> dict:
+    """A fingerprint's fields for the work units: the group size and the cut."""
+    return {"group_size": size, "group_cut": GROUP_CUT}
 
 
 def rank_groups(groups: list[list[T]], finished: Callable[[T], bool], rank: int, world: int) -> list[list[T]]:

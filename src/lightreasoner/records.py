@@ -94,17 +94,26 @@ and decode batch sizes. They change float rounding only, so a resume may use oth
 (with a warning); every other field must match."""
 
 
+LATER_FIELDS = {"group_size": "before work groups existed", "group_cut": "with groups cut full first, then the rest"}
+"""Fingerprint fields that outputs made before them lack; such an output continues as now."""
+
+
+def _units(fp: dict) -> str:
+    return f"{fp.get('group_cut', '')} groups of at most {fp.get('group_size')}".strip()
+
+
 def changed_fields(before: dict, now: dict, where: str, warn: bool = True) -> list[str]:
     """The fingerprint fields (outside :data:`RUNTIME`) that differ between an output made
-    ``before`` and the run ``now``. An output made before work groups existed (no
-    ``group_size``) continues in groups. With ``warn``, that and a changed :data:`RUNTIME`
+    ``before`` and the run ``now``. An output made before a field of :data:`LATER_FIELDS`
+    existed continues as now. With ``warn``, that and a changed :data:`RUNTIME`
     section are logged: the work done from now on may differ in float rounding from an
     uninterrupted run."""
     changed = [k for k in fingerprint_diff(before, now) if k != RUNTIME]
-    if "group_size" in changed and "group_size" not in before:
-        changed.remove("group_size")
+    missing = [k for k in LATER_FIELDS if k in changed and k not in before]
+    if missing:
+        changed = [k for k in changed if k not in missing]
         if warn:
-            log.warning("%s was begun before work groups existed; it goes on in groups of %s", where, now["group_size"])
+            log.warning("%s was begun %s; it goes on in %s", where, LATER_FIELDS[missing[0]], _units(now))
     old, new = before.get(RUNTIME), now.get(RUNTIME)
     if warn and not changed and old is not None and new is not None and old != new:
         log.warning(

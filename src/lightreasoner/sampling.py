@@ -36,7 +36,16 @@ from . import contrast
 from .config import SampleConfig
 from .data import Problem, load_problems
 from .decoding import Completion, attention_mask_for, greedy_decode, last_positions, release_memory, require_finite
-from .distributed import barrier, main_lock, note_memory_bound, open_shard, rank_groups, runtime, work_groups
+from .distributed import (
+    barrier,
+    main_lock,
+    note_memory_bound,
+    open_shard,
+    rank_groups,
+    runtime,
+    unit_fields,
+    work_groups,
+)
 from .errors import LightReasonerError
 from .io import (
     atomic_open,
@@ -294,7 +303,7 @@ def fingerprint(cfg: SampleConfig) -> dict:
         fp["expert_weights"] = True
     if cfg.batch_invariant:  # only when set
         fp["batch_invariant"] = True
-    fp["group_size"] = cfg.group_size
+    fp |= unit_fields(cfg.group_size)
     fp[RUNTIME] = runtime(batch_size=cfg.batch_size, score_batch_size=cfg.score_batch_size)
     return fp
 

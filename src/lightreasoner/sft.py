@@ -36,7 +36,17 @@ from transformers import PreTrainedTokenizerBase
 from .config import SFTConfig
 from .data import Problem, load_problems
 from .decoding import Completion, TopPSampler, greedy_decode
-from .distributed import barrier, is_main, main_lock, note_memory_bound, open_shard, rank_groups, runtime, work_groups
+from .distributed import (
+    barrier,
+    is_main,
+    main_lock,
+    note_memory_bound,
+    open_shard,
+    rank_groups,
+    runtime,
+    unit_fields,
+    work_groups,
+)
 from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
@@ -110,7 +120,7 @@ def sampling_fingerprint(cfg: SFTConfig) -> dict:
         "model": model_fingerprint(cfg.model),
         "data": file_fingerprint(data)["sha256"] if data.is_file() else cfg.data,
         **{k: getattr(cfg, k) for k in keys},
-        "group_size": cfg.group_size,
+        **unit_fields(cfg.group_size),
         RUNTIME: runtime(sample_batch_size=cfg.sample_batch_size),
     }
 

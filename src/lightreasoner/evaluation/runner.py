@@ -20,7 +20,16 @@ from tqdm.auto import tqdm
 from .. import faults
 from ..config import EvalConfig
 from ..data import iter_jsonl
-from ..distributed import barrier, main_lock, note_memory_bound, rank_and_world, rank_groups, runtime, work_groups
+from ..distributed import (
+    barrier,
+    main_lock,
+    note_memory_bound,
+    rank_and_world,
+    rank_groups,
+    runtime,
+    unit_fields,
+    work_groups,
+)
 from ..errors import LightReasonerError
 from ..io import (
     append_synced,
@@ -101,7 +110,7 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
         fp["grader"] = cfg.grader
     if cfg.batch_invariant:  # only when set
         fp["batch_invariant"] = True
-    fp["group_size"] = cfg.group_size
+    fp |= unit_fields(cfg.group_size)
     fp[RUNTIME] = runtime(batch_size=cfg.batch_size)
     return fp | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
 
