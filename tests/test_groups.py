@@ -46,6 +46,13 @@ def test_groups_are_as_equal_as_can_be():
             assert lengths == sorted(lengths, reverse=True)
 
 
+def test_the_default_runs_evaluation_is_one_unit():
+    """Each unit pays its longest completions' tail (docs/speed.md): the default's questions are one unit."""
+    from lightreasoner.config import EVAL_GROUP_SIZE, default_config
+
+    assert len(work_groups(range(default_config()["eval_limit"]), EVAL_GROUP_SIZE)) == 1
+
+
 def test_ranks_take_whole_unfinished_groups():
     groups = work_groups(list(range(10)), 2)  # [0,1] [2,3] [4,5] [6,7] [8,9]
     done = {0, 1, 2, 6, 7}  # group [2,3] is half done: redone whole

@@ -29,10 +29,12 @@ T = TypeVar("T")
 GROUP_SIZE = 64
 """Problems per work unit of sample (see :mod:`distributed`); trajectories are decoded
 ``batch_size`` (16) at a time within a group, refilled as they finish."""
-EVAL_GROUP_SIZE = 256
-"""Problems per work unit of eval; a group is decoded as one batch by default (``batch_size``
-0, at most 256 rows), so a group runs until its longest completion and each unit pays that
-tail once (docs/speed.md): 256 keeps the default's 400 questions to two units of 200."""
+EVAL_GROUP_SIZE = 512
+"""Problems per work unit of eval. A unit's batch empties while its longest completions
+finish, and a decode step over a few sequences costs nearly as much as one over many, so
+each unit pays that tail nearly in full (on a CPU, 136 questions in two units cost half as
+much again as in one: docs/results.md). 512 makes most benchmark selections, the default's
+400 questions among them, one unit: the same computation as one queue of every problem."""
 SFT_GROUP_SIZE = 16
 """Problems per work unit of the SFT baseline's sampling (times its samples per problem)."""
 
@@ -80,8 +82,8 @@ class SampleConfig(EngineOptions):
     max_new_tokens: int = opt(128, "trajectory length (prefix termination)")
     group_size: int = opt(
         GROUP_SIZE,
-        "problems per work unit: each group is generated, scored and committed on its own, so the records "
-        "do not depend on the number of processes or on interruptions",
+        "most problems per work unit (cut evenly): each group is generated, scored and committed on its own, "
+        "so the records do not depend on the number of processes or on interruptions",
     )
     batch_size: int = opt(16, "most trajectories of a group generated together (0: the whole group, as fits in memory)")
     score_batch_size: int = opt(
@@ -168,7 +170,7 @@ class SFTConfig(LoraOptions):
     target_problems: int = opt(None, "stop sampling once this many problems have a kept solution")
     group_size: int = opt(
         SFT_GROUP_SIZE,
-        "problems per work unit of the sampling (each with --samples-per-problem solutions), decoded and "
+        "most problems per work unit of the sampling (each with --samples-per-problem solutions), decoded and "
         "committed on its own: the solutions do not depend on the number of processes or on interruptions",
     )
     sample_batch_size: int = opt(0, "most solutions of a group decoded together (0: the whole group, as fits)")
@@ -211,8 +213,8 @@ class EvalConfig(EngineOptions):
     max_new_tokens: int = opt(1024, "generation budget per problem")
     group_size: int = opt(
         EVAL_GROUP_SIZE,
-        "problems per work unit (per benchmark): each group is decoded and committed on its own, so the rows "
-        "do not depend on the number of processes or on interruptions",
+        "most problems per work unit (per benchmark, cut evenly): each group is decoded and committed on its "
+        "own, so the rows do not depend on the number of processes or on interruptions",
     )
     batch_size: int = opt(
         0, "most problems of a group decoded together (0: the whole group, as fits in memory; halved on out-of-memory)"
