@@ -143,7 +143,8 @@ def test_run_with_two_processes_per_stage(pair, tmp_path):
 
     from lightreasoner.pipeline import run_experiment
 
-    cfg = tiny_run(pair, tmp_path / "r", num_processes=2)
+    # a port of its own: accelerate launch would take 29500, which another launch may hold
+    cfg = tiny_run(pair, tmp_path / "r", num_processes=2, launch={"main_process_port": free_port()})
     fig = run_experiment(cfg, show_progress=False)
     run = tmp_path / "r"
     arm = run / "arms" / "lightr"

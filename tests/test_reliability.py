@@ -187,60 +187,63 @@ def test_killed_between_summary_and_output_resumes(pair, tmp_path, monkeypatch):
     assert out.exists() and summary["selected_steps"] == len(records(out))
 
 
+EVAL_ARGS = ["eval", "-q", "--benchmarks", "reasoning-gym:gsm_symbolic", "--limit", "12", "--max-new-tokens", "24",
+             "--batch-size", "2", "--group-size", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_eval(pair, tmp_path_factory) -> Path:
+    """The evaluation the killed ones must end up equal to, run once for every seed."""
+    full = tmp_path_factory.mktemp("eval") / "full"
+    assert run_cli([*EVAL_ARGS, "--model", str(pair[0]), "--out", str(full)]).wait() == 0
+    return full
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.slow
-def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, tmp_path, seed):
-    args = [
-        "eval",
-        "-q",
-        "--model",
-        str(pair[0]),
-        "--benchmarks",
-        "reasoning-gym:gsm_symbolic",
-        "--limit",
-        "12",
-        "--max-new-tokens",
-        "24",
-        "--batch-size",
-        "2",
-        "--group-size",
-        "1",
-    ]
-    full = tmp_path / "full"
-    assert run_cli([*args, "--out", str(full)]).wait() == 0
-    out = tmp_path / "out"
+def test_eval_killed_at_a_random_moment_resumes_to_the_same_rows(pair, uninterrupted_eval, tmp_path, seed):
+    args = [*EVAL_ARGS, "--model", str(pair[0]), "--out", str(tmp_path / "out")]
     after = random.Random(seed).randint(1, 12)  # the 12th commit is the last: killed before the summary
-    killed = run_cli([*args, "--out", str(out)], env={**os.environ, **kill_env(after, "eval")})
+    killed = run_cli(args, env={**os.environ, **kill_env(after, "eval")})
     assert killed.communicate() and killed.returncode == -signal.SIGKILL
-    resumed = run_cli([*args, "--out", str(out)])
+    resumed = run_cli(args)
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log
     name = "reasoning-gym:gsm_symbolic.jsonl"
-    a, b = records(full / name), records(out / name)
+    a, b = records(uninterrupted_eval / name), records(tmp_path / "out" / name)
     assert [(r["id"], r["completion"], r["correct"]) for r in a] == [
         (r["id"], r["completion"], r["correct"]) for r in b
     ]
-    sa, sb = (json.loads((d / "summary.json").read_text())["results"] for d in (full, out))
+    sa, sb = (json.loads((d / "summary.json").read_text())["results"] for d in (uninterrupted_eval, tmp_path / "out"))
     assert sa == sb
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.slow
-def test_run_killed_at_a_random_moment_resumes_to_the_same_results(pair, tmp_path, seed):
+@pytest.fixture(scope="module")
+def uninterrupted_run(pair, tmp_path_factory) -> tuple[Path, Path]:
+    """(config file, finished run) of the tiny run in groups of one problem, training 3 steps
+    with a checkpoint at each: the run the killed ones must end up equal to."""
     from dataclasses import asdict
 
     import yaml
     from test_pipeline import tiny_run
 
-    cfg = asdict(tiny_run(pair, tmp_path / "unused"))
+    d = tmp_path_factory.mktemp("run")
+    cfg = asdict(tiny_run(pair, d / "unused"))
     del cfg["out"]
     cfg["sample"] |= {"batch_size": 1, "group_size": 1}
     cfg["eval"] = {"group_size": 1}
     cfg["train"] = {"max_steps": 3, "save_steps": 1, "lora_dropout": 0.0}
-    path = tmp_path / "run.yaml"
+    path = d / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    full, out = tmp_path / "full", tmp_path / "out"
-    assert run_cli(["run", "-q", "--config", str(path), "--out", str(full)]).wait() == 0
+    assert run_cli(["run", "-q", "--config", str(path), "--out", str(d / "full")]).wait() == 0
+    return path, d / "full"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
+def test_run_killed_at_a_random_moment_resumes_to_the_same_results(uninterrupted_run, tmp_path, seed):
+    path, full = uninterrupted_run
+    out = tmp_path / "out"
     stage, after = random.Random(seed).choice([("eval", 1), ("eval", 3), ("sample", 2), ("train", 2)])
     env = {**os.environ, **kill_env(after, stage)}
     killed = run_cli(["run", "-q", "--config", str(path), "--out", str(out)], env=env)

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import kill_env
@@ -20,35 +21,30 @@ def records(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("min_done", [1, 4])
-@pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(pair, tmp_path, min_done):
+def sample_args(pair, data) -> list[str]:
+    """``lightreasoner sample`` on the tiny pair, 48 tokens per trajectory, in groups of 2."""
     expert, amateur = pair
-    data = tmp_path / "p.jsonl"
+    return ["sample", "-q", "--expert", str(expert), "--amateur", str(amateur), "--data", str(data),
+            "--max-new-tokens", "48", "--batch-size", "1", "--dtype", "float32", "--group-size", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pair, tmp_path_factory) -> tuple[list[str], Path]:
+    """(the flags, the records of the uninterrupted run) on ten problems, run once for every kill."""
     from conftest import gsm8k_questions
 
+    d = tmp_path_factory.mktemp("resume")
+    data = d / "p.jsonl"
     data.write_text("".join(json.dumps({"question": q}) + "\n" for q in gsm8k_questions(10)))
-    common = [
-        "sample",
-        "-q",
-        "--expert",
-        str(expert),
-        "--amateur",
-        str(amateur),
-        "--data",
-        str(data),
-        "--max-new-tokens",
-        "48",
-        "--batch-size",
-        "1",
-        "--dtype",
-        "float32",
-        "--group-size",
-        "2",
-    ]
-    full = tmp_path / "full.jsonl"
-    assert run_cli([*common, "--out", str(full)]).wait() == 0
+    full = d / "full.jsonl"
+    assert run_cli([*sample_args(pair, data), "--out", str(full)]).wait() == 0
+    return sample_args(pair, data), full
 
+
+@pytest.mark.parametrize("min_done", [1, 4])
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path, min_done):
+    common, full = uninterrupted
     out = tmp_path / "out.jsonl"
     progress = tmp_path / "out.jsonl.progress"
     killed = run_cli([*common, "--out", str(out)], env={**os.environ, **kill_env(min_done, "sample")})
