@@ -36,9 +36,9 @@ def uninterrupted(pair, tmp_path_factory) -> tuple[list[str], Path]:
     d = tmp_path_factory.mktemp("resume")
     data = d / "p.jsonl"
     data.write_text("".join(json.dumps({"question": q}) + "\n" for q in gsm8k_questions(10)))
-    full = d / "full.jsonl"
-    assert run_cli([*sample_args(pair, data), "--out", str(full)]).wait() == 0
-    return sample_args(pair, data), full
+    args, full = sample_args(pair, data), d / "full.jsonl"
+    assert run_cli([*args, "--out", str(full)]).wait() == 0
+    return args, full
 
 
 @pytest.mark.parametrize("min_done", [1, 4])
