@@ -18,13 +18,13 @@ import math
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
 
+from . import provenance
 from .config import (
     EffectConfig,
     EvalConfig,
@@ -587,6 +587,15 @@ def plan_stages(configs: dict) -> list[tuple[Stage, object]]:
     return stages
 
 
+def _where(cfg: RunConfig) -> dict:
+    """The device, the dtype ``--dtype`` resolves to there, and the process count."""
+    from .models import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    dtype = str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
+    return {"device": str(device), "dtype": dtype, "processes": cfg.num_processes}
+
+
 def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     from .report import write_report
     from .sampling import select_from_pool
@@ -601,6 +610,7 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
 
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    where = None
     for stage, stage_cfg in plan_stages(configs):
         if stage.done():
             log.info("[%s] already complete, skipped", stage.name)
@@ -608,14 +618,21 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
         log.info("[%s] starting", stage.name)
         if stage.arm is not None:
             _record_arm_settings(cfg, stage.arm)
-        t0 = time.perf_counter()
-        if stage.command:
-            run_stage(cfg, stage, stage_cfg, run, quiet=not show_progress)
-        else:  # selection: a filter over the pool's records, in this process
-            arm = stage_cfg["arm"]
-            pool = configs["pools"][stage_cfg["pool"]].out
-            select_from_pool(pool, arm.samples, stage_cfg["beta"], stage_cfg["contrast"])
-        timings[stage.name] = time.perf_counter() - t0
+        where = where or _where(cfg)
+        record = provenance.StageRecord(run, stage.name, provenance.session(**where))
+        try:
+            if stage.command:
+                run_stage(cfg, stage, stage_cfg, run, quiet=not show_progress)
+            else:  # selection: a filter over the pool's records, in this process
+                arm = stage_cfg["arm"]
+                pool = configs["pools"][stage_cfg["pool"]].out
+                select_from_pool(pool, arm.samples, stage_cfg["beta"], stage_cfg["contrast"])
+        except BaseException:
+            record.finish(finished=False)
+            raise
+        record.finish()
+        # a stage resumed across sessions (machines) takes the sum of its sessions
+        timings[stage.name] = provenance.stage_seconds(provenance.read(run)[stage.name])
         atomic_write_json(timings_path, timings)
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])
     return write_report(run, cfg, configs, timings, disjoint)

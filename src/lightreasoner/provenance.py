@@ -1,0 +1,130 @@
+"""Where and with what each stage of a run ran: the processor, dtype, threads, process
+count and the commit of the code, one entry per session that worked on the stage.
+
+A long run may be carried across machines stage by stage (each session resumes what the
+last one committed), so a stage's time is the sum of its sessions and its figures are only
+comparable with others measured on the same processor and dtype. The run writes
+``RUN/provenance.json``: ``{stage name: [session, ...]}``, a session being
+``{"started", "seconds", "finished", "cpu", "device", "dtype", "threads", "processes", "commit"}``.
+``seconds`` is updated every minute while the stage runs, so a session interrupted by the
+end of its machine still counts (to the minute) in the stage's time, with ``finished`` false.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .io import atomic_write_json
+
+PROVENANCE_FILE = "provenance.json"
+
+
+def cpu_name() -> str:
+    """The processor's model name and core count (``/proc/cpuinfo``), with its native bf16
+    and AMX flags, e.g. ``AMD EPYC x 2 (avx512_bf16)``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return cpu
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    if names:
+        cpu = f"{names[0]} x {len(names)}"
+    return cpu + (f" ({', '.join(native)})" if native else " (no native bf16)")
+
+
+def code_commit(path: str | Path | None = None) -> str:
+    """The git commit of the package's source tree (``+dirty`` with uncommitted changes to
+    it), or ``unknown`` outside a git checkout (an installed wheel)."""
+    here = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def session(device: str, dtype: str, processes: int) -> dict:
+    """This session's entry, before the stage runs (``seconds`` filled in when it ends)."""
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0) or torch.get_num_threads())
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": 0.0,
+        "finished": False,
+        "cpu": cpu_name(),
+        "device": device,
+        "dtype": dtype,
+        "threads": threads,
+        "processes": processes,
+        "commit": code_commit(),
+    }
+
+
+def read(run: Path) -> dict[str, list[dict]]:
+    path = Path(run) / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class StageRecord:
+    """Records one session of one stage: an entry when it starts, its seconds every
+    ``every`` seconds while it runs and when it ends."""
+
+    def __init__(self, run: Path, stage: str, entry: dict, every: float = 60.0):
+        self.path = Path(run) / PROVENANCE_FILE
+        self.stage = stage
+        self.entry = entry
+        self.t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._write()
+        self._beat = threading.Thread(target=self._heartbeat, args=(every,), daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._lock:
+                if not self._stop.is_set():
+                    self.entry = {**self.entry, "seconds": round(time.perf_counter() - self.t0, 1)}
+                    self._write()
+
+    def _write(self) -> None:
+        data = read(self.path.parent)
+        sessions = data.setdefault(self.stage, [])
+        if sessions and sessions[-1]["started"] == self.entry["started"]:
+            sessions[-1] = self.entry
+        else:
+            sessions.append(self.entry)
+        atomic_write_json(self.path, data)
+
+    def finish(self, finished: bool = True) -> float:
+        """Close this session (``finished``: the stage completed); returns its seconds."""
+        with self._lock:
+            self._stop.set()
+            self.entry = {**self.entry, "seconds": round(time.perf_counter() - self.t0, 1), "finished": finished}
+            self._write()
+        return self.entry["seconds"]
+
+
+def stage_seconds(sessions: list[dict]) -> float:
+    """A stage's time on the machines that ran it: the sum of its sessions' seconds."""
+    return round(sum(s.get("seconds") or 0.0 for s in sessions), 1)
