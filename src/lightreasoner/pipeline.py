@@ -607,6 +607,7 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     _check_arm_settings(cfg, [entry["arm"] for entry in configs["arms"].values()])
     atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    provenance.write_run_gitignore(run)
 
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}

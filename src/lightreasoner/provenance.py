@@ -128,3 +128,30 @@ class StageRecord:
 def stage_seconds(sessions: list[dict]) -> float:
     """A stage's time on the machines that ran it: the sum of its sessions' seconds."""
     return round(sum(s.get("seconds") or 0.0 for s in sessions), 1)
+
+
+RUN_GITIGNORE = """\
+# Written by `lightreasoner run`: what not to commit when this run folder is committed.
+# Everything else (completions, samples and records, adapter weights and config,
+# summaries, fingerprints, timings, provenance, the report) is what a fresh clone needs
+# to resume the run with every finished stage skipped.
+checkpoint-*/
+*.lock
+*.tmp
+**/adapter/tokenizer.json
+**/adapter/tokenizer_config.json
+**/adapter/chat_template.jinja
+**/adapter/special_tokens_map.json
+**/adapter/vocab.json
+**/adapter/merges.txt
+"""
+"""Training checkpoints (optimizer state), locks and the tokenizer copies the Trainer saves
+beside an adapter: large or machine-bound, and nothing a later stage reads."""
+
+
+def write_run_gitignore(run: Path) -> None:
+    """``RUN/.gitignore``, so that ``git add RUN`` commits exactly what resuming needs."""
+    path = Path(run) / ".gitignore"
+    if not path.exists() or path.read_text() != RUN_GITIGNORE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(RUN_GITIGNORE)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import provenance
 from ..config import RunConfig
 from ..evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
 from ..records import summary_path
@@ -70,6 +71,19 @@ def hardware(cfg: RunConfig) -> dict[str, str]:
 
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
+
+
+def where_ran(sessions: list[dict]) -> str:
+    """Where a stage ran, one ``; ``-separated entry per session (``RUN/provenance.json``)."""
+    out = []
+    for x in sessions:
+        state = "" if x.get("finished") else ", interrupted"
+        out.append(
+            f"{x['cpu']}, {x['device']} {x['dtype']}, {x['processes']} × {x['threads']} threads, "
+            f"commit {x['commit'][:10]}{'+dirty' if x['commit'].endswith('+dirty') else ''}"
+            f" ({hms(x.get('seconds') or 0)}{state})"
+        )
+    return "; ".join(out) or "not recorded"
 
 
 def hms(seconds: float) -> str:
@@ -243,6 +257,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         "amateurs": amateurs,
         "eval_max_new_tokens": configs["baseline"].max_new_tokens,
         "stage_seconds": dict(timings),
+        "stage_provenance": provenance.read(run),
         "generated_test_problems_checked_disjoint": disjoint_checked,
         "config": asdict(cfg),
         "versions": versions(),
@@ -446,10 +461,17 @@ def markdown(fig: dict) -> str:
         "",
         "## Time per stage",
         "",
-        "| Stage | Time |",
-        "|---|---|",
-        *[f"| {s} | {hms(t)} |" for s, t in fig["stage_seconds"].items()],
-        f"| **total** | {hms(sum(fig['stage_seconds'].values()))} |",
+        "Each stage's time is the sum of the sessions that ran it (a run may be carried across machines, "
+        "each resuming what the last one finished); where it ran is each session's processor, dtype, "
+        "processes × threads and code commit.",
+        "",
+        "| Stage | Time | Where it ran |",
+        "|---|---|---|",
+        *[
+            f"| {s} | {hms(t)} | {where_ran(fig.get('stage_provenance', {}).get(s, []))} |"
+            for s, t in fig["stage_seconds"].items()
+        ],
+        f"| **total** | {hms(sum(fig['stage_seconds'].values()))} | |",
         "",
         "![time per stage](stage_times.png)",
         "",
