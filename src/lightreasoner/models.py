@@ -7,6 +7,7 @@ Weights load from safetensors (or GGUF); pickle ``.bin`` checkpoints only with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -165,11 +166,34 @@ def load_model(
         kwargs["gguf_file"] = src.gguf_file
     elif not allow_pickle:
         kwargs["use_safetensors"] = True
+    stored = None if src.gguf_file else stored_dtype(src.path)
+    widen = stored is not None and torch.finfo(stored).bits < torch.finfo(dtype).bits and dtype.is_floating_point
+    if widen:  # load as stored, then widen in one bulk, multi-threaded pass (exact: bf16/fp16 ⊂ fp32)
+        kwargs["dtype"] = stored
     try:
         model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
     except (OSError, ValueError) as e:
         raise LightReasonerError(f"model {src.path}: cannot load ({e})") from e
+    if widen:
+        model = model.to(dtype)
+        model.config.dtype = dtype
     return model.eval()
+
+
+def stored_dtype(path: str) -> torch.dtype | None:
+    """The one floating dtype a local safetensors checkpoint stores every weight in, read
+    from its files' headers (bf16 or fp16), or None: not local, no safetensors, or mixed."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    found: set[str] = set()
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            return None
+        found |= {v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"].startswith(("F", "BF"))}
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(found.pop()) if len(found) == 1 else None
 
 
 def load_with_adapter(base, adapter: str | Path):
