@@ -157,6 +157,7 @@ def test_default_and_quick_configs():
     assert default.benchmarks == default_config()["benchmarks"]
     quick = load_run_config(None, {"eval_limit": 2}, quick=True)
     assert quick.max_problems == QUICK["max_problems"] and quick.eval_limit == 2 and quick.out == "runs/quick"
+    assert quick.smoke_test and not default.smoke_test
     assert quick.train["max_steps"] == QUICK["train"]["max_steps"] and quick.train["batch_size"] == 8
 
 
@@ -238,3 +239,20 @@ def test_a_killed_stage_says_what_usually_kills_it(pair, tmp_path, monkeypatch):
     stage = Stage("sft: sampling and fine-tuning", "eval", lambda: False)
     with pytest.raises(LightReasonerError, match=r"exit status -9.*killed \(SIGKILL\).*lower the stage's batch_size"):
         run_stage(tiny_run(pair, tmp_path / "r"), stage, EvalConfig(model="m", out="o"), tmp_path, quiet=True)
+
+
+@pytest.mark.slow
+def test_a_smoke_test_says_so_first(pair, tmp_path, capsys):
+    from lightreasoner.config import SMOKE_TEST_NOTE
+
+    cfg = tiny_run(pair, tmp_path / "r", smoke_test=True, methods="cd")  # no training: the quickest run
+    run_experiment(cfg, show_progress=False)
+    md = (tmp_path / "r/report.md").read_text().splitlines()
+    assert md[2] == f"> **Smoke test, not a result.** {SMOKE_TEST_NOTE}"
+    assert '<blockquote class="notice"><strong>Smoke test, not a result.</strong>' in (
+        tmp_path / "r/report.html"
+    ).read_text()
+    assert "were checked to share no question" in "\n".join(md) and "generated test problems" not in "\n".join(md)
+    plain = tiny_run(pair, tmp_path / "p", methods="cd")
+    run_experiment(plain, show_progress=False)
+    assert "Smoke test" not in (tmp_path / "p/report.md").read_text()

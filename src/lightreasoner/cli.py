@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from . import __version__
 from .config import (
+    SMOKE_TEST_NOTE,
     EffectConfig,
     EvalConfig,
     MergeConfig,
@@ -185,6 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\n".join(["", *fig["verdicts"]]))
     print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in fig["stage_seconds"].items()))
     print(f"report: {cfg.out}/report.md")
+    if cfg.smoke_test:
+        print(f"\n{SMOKE_TEST_NOTE}")
     return 0
 
 

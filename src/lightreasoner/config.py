@@ -240,12 +240,25 @@ class EvalConfig(EngineOptions):
     cd_beta: float = opt(0.5, "contrastive decoding: scores (1 + cd_beta) * logit_E - cd_beta * logit_A")
 
 
+SMOKE_TEST_NOTE = (
+    "This is a smoke test (--quick): every stage of the run ran on its own models, on a few problems "
+    "with short generations, to check that the whole pipeline works on this machine (loading, sampling, "
+    "selection, fine-tuning, merging, evaluation, the adapter-effect check, the report). Its accuracies "
+    "and differences are not results: a handful of problems, most answers cut off by the short budget. "
+    "`lightreasoner run` (without --quick) runs the real experiment."
+)
+"""What a smoke test is (``--quick``): the console and the report say it first."""
+
+
 @dataclass
 class RunConfig(ModelOptions):
     """The whole experiment. Sections ``sample:``, ``train:`` and ``eval:`` take any option
     of that stage (paths are filled in by the run)."""
 
     out: str = opt("runs/default", "run directory (every stage's output, the report)")
+    smoke_test: bool = opt(
+        False, "a smoke test (set by --quick): every stage on a few problems; the report says it holds no results"
+    )
     expert: str = opt("embedded:Qwen2.5-Coder-1.5B-Instruct", "expert model")
     amateur: str = opt("embedded:Qwen2.5-Coder-0.5B-Instruct", "amateur model")
     data: str = opt("reasoning-gym:gsm_symbolic", "training problems (JSONL, reasoning-gym:<task>, hub dataset)")

@@ -26,6 +26,7 @@ import yaml
 
 from . import provenance
 from .config import (
+    SMOKE_TEST_NOTE,
     EffectConfig,
     EvalConfig,
     LoraOptions,
@@ -44,6 +45,7 @@ from .precision import EFFECT_FILE
 log = logging.getLogger(__name__)
 
 QUICK = {
+    "smoke_test": True,
     "max_problems": 4,
     "eval_limit": 4,
     "eval_max_new_tokens": 96,
@@ -53,6 +55,7 @@ QUICK = {
     "effect_positions": 16,
 }
 """Overrides of ``--quick``: a smoke test of every stage in a few minutes."""
+
 
 
 def merge_dicts(base: dict, over: dict) -> dict:
@@ -609,6 +612,8 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     provenance.write_run_gitignore(run)
 
+    if cfg.smoke_test:
+        log.info(SMOKE_TEST_NOTE)
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     where = None

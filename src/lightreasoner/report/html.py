@@ -84,6 +84,8 @@ def markdown_html(md: str, image: Callable[[str], str | None]) -> str:
         elif h := re.match(r"(#{1,4}) (.*)", ln):
             level = len(h.group(1)) + 1  # the page's title is the only h1
             out.append(f"<h{level}>{_inline(h.group(2))}</h{level}>")
+        elif ln.startswith("> "):
+            out.append(f'<blockquote class="notice">{_inline(ln[2:])}</blockquote>')
         elif ln.strip():
             out.append(f"<p>{_inline(ln)}</p>")
     return "\n".join(out)

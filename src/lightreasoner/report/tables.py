@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from .. import provenance
-from ..config import RunConfig
+from ..config import SMOKE_TEST_NOTE, RunConfig
 from ..evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
 from ..records import summary_path
 from ..stats import bootstrap_ci, paired_difference, verdict
@@ -368,6 +368,7 @@ def markdown(fig: dict) -> str:
     lines = [
         "# LightReasoner run report",
         "",
+        *([f"> **Smoke test, not a result.** {SMOKE_TEST_NOTE}", ""] if cfg.get("smoke_test") else []),
         f"Run directory `{fig['run_dir']}`, written {fig['created']}.",
         f"Expert `{cfg['expert']}`, amateur `{cfg['amateur']}`; training problems `{cfg['data']}`; "
         f"arms: {', '.join(a['label'] for a in fig['arms'].values())}.",
@@ -400,8 +401,9 @@ def markdown(fig: dict) -> str:
     ]
     if fig["generated_test_problems_checked_disjoint"]:
         lines.append(
-            f"The {fig['generated_test_problems_checked_disjoint']} generated test problems were checked "
-            "to share no question with the training problems."
+            f"The {fig['generated_test_problems_checked_disjoint']} test problems "
+            f"({', '.join(display_name(n) for n in fig['benchmarks'])}) were checked to share no question with the "
+            f"training problems ({cfg['data']})."
         )
     lines += markdown_lines(fig)
     if any(a["efficiency"] for a in fig["arms"].values()):
