@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LIGHTREASONER_ESTIMATE", "0")  # the run's time estimate: on only where a test asks for it
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest -n N: share the cores among the N workers
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
@@ -77,8 +78,8 @@ def stand_in_vllm(monkeypatch) -> list:
     """vLLM is not installed here: a stand-in ``vllm`` module whose engine decodes greedily
     with transformers (one prompt at a time) and answers the way ``LLM.generate`` does (the
     stop id kept in ``token_ids``). Returns the list of what it was asked: ``("engine",
-    dtype, engine kwargs + the CUDA_VISIBLE_DEVICES it saw)``, ``("generate", n prompts)``,
-    ``("shut down",)``."""
+    dtype, engine kwargs + the CUDA_VISIBLE_DEVICES it saw + "env": the whole environment it
+    was built in)``, ``("generate", n prompts)``, ``("shut down",)``."""
     import types
 
     import torch
@@ -91,7 +92,8 @@ def stand_in_vllm(monkeypatch) -> list:
 
     class LLM:
         def __init__(self, model, dtype="auto", trust_remote_code=False, **kw):
-            events.append(("engine", dtype, {**kw, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+            seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "env": dict(os.environ)}
+            events.append(("engine", dtype, {**kw, **seen}))
             self.model = load_model(model, torch.float32 if dtype == "auto" else getattr(torch, dtype))
             self.tok = load_tokenizer(model)
             self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self.stop))

@@ -36,9 +36,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` → ``cuda`` when available, else ``cpu``. Under a launcher (``WORLD_SIZE``
-    set), ``auto`` and ``cuda`` mean this process's own GPU (``cuda:LOCAL_RANK``)."""
+    set), ``auto`` and ``cuda`` mean this process's own GPU (``cuda:LOCAL_RANK``), and an
+    explicit ``cuda:N`` is refused: it would put every process on GPU N."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LightReasonerError(f"--device {device}: CUDA is not available on this machine")
+    if device.startswith("cuda:") and launched():
+        raise LightReasonerError(
+            f"--device {device} under a launcher: every process would use the same GPU; pass --device cuda "
+            "(or auto), so each process takes its own GPU (cuda:LOCAL_RANK), and choose the GPUs with "
+            "CUDA_VISIBLE_DEVICES or accelerate's --gpu_ids"
+        )
     if device in ("auto", "cuda") and torch.cuda.is_available():
         if launched():
             return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")

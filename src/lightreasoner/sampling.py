@@ -353,7 +353,7 @@ def resolve_backend(cfg: SampleConfig, src_e: ModelSource) -> SampleConfig:
     )
     if backend == "hf":
         return replace(cfg, backend="hf")
-    check_launch(cfg.tensor_parallel_size)
+    check_launch(cfg.tensor_parallel_size, cfg.device)
     if cfg.expert_scoring != "teacher-forced":
         log.info("--backend vllm: the expert's distributions come from a teacher-forced pass")
     return replace(cfg, backend="vllm", expert_scoring="teacher-forced")
@@ -563,6 +563,7 @@ def vllm_trajectories(
         trust_remote_code=cfg.trust_remote_code,
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
+        device=cfg.device,
     )
     try:
         prompts = [encode_prompt(tok, p.question, cfg.system_prompt) for p in problems]

@@ -99,10 +99,10 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM greedy decoding (``pip install 'lightreasoner[vllm]'``, CUDA only).
 
-    Under a launcher (several processes, one GPU each) every process builds its own
-    single-GPU engine on its GPU (:func:`own_gpu`). Generation stops at the ids the
-    transformers backend stops at: the checkpoint's generation-config EOS ids, the
-    tokenizer's EOS and the chat end tokens.
+    The engine is built in :func:`engine_environment`: on ``device`` (``cuda:N`` is GPU N of
+    this process), and under a launcher on this process's own GPU, without the launcher's
+    variables. Generation stops at the ids the transformers backend stops at: the checkpoint's
+    generation-config EOS ids, the tokenizer's EOS and the chat end tokens.
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class VLLMGenerator:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float | None = None,
         max_lora_rank: int | None = None,
+        device: str = "auto",
     ):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
@@ -126,7 +127,7 @@ class VLLMGenerator:
         if adapter:
             refuse_adapter(adapter, max_lora_rank)
             engine.update(enable_lora=True, max_lora_rank=max_lora_rank or lora_rank_slot(adapter))
-        with own_gpu(tensor_parallel_size):
+        with engine_environment(device, tensor_parallel_size):
             self.llm = LLM(model=model, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
         self.tok = tokenizer
         self.stops = end_token_ids(checkpoint_eos(model), tokenizer, chat_ends=True)
@@ -183,6 +184,12 @@ class VLLMGenerator:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if in_process_engine():
+            log.warning(
+                "VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine ran in this process, which does not give its GPU "
+                "memory back when it closes (vLLM issue 21073); a model loaded after it in this process gets "
+                "only what is left. Unset the variable to run the engine in its own process"
+            )
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -300,56 +307,158 @@ def check_engine_options(tensor_parallel_size: int, gpu_memory_utilization: floa
         raise LightReasonerError("--gpu-memory-utilization: must be in (0, 1]")
 
 
-def check_launch(tensor_parallel_size: int) -> None:
-    """Refuse vLLM settings that cannot work under a launcher (one engine per process and GPU)."""
-    if not launched():
-        return
-    if tensor_parallel_size > 1:
+def check_launch(tensor_parallel_size: int, device: str = "auto") -> None:
+    """Refuse vLLM settings that cannot work under a launcher (one engine per process and GPU),
+    and a ``device`` the engine cannot be put on (:func:`engine_gpus`)."""
+    if launched() and tensor_parallel_size > 1:
         raise LightReasonerError(
             "--tensor-parallel-size > 1 under a launcher: use either one process with tensor parallelism, "
             "or one process per GPU (data parallelism), not both"
         )
-    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+    if launched() and in_process_engine():
         raise LightReasonerError(
             "VLLM_ENABLE_V1_MULTIPROCESSING=0 under a launcher: each process's engine must run in its own "
             "child process to see only that process's GPU; unset the variable"
         )
+    engine_gpus(device, tensor_parallel_size)
+
+
+def in_process_engine() -> bool:
+    """Whether vLLM runs its engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)
+    rather than in a child process (its default)."""
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1").strip() == "0"  # vLLM reads bool(int(...))
+
+
+def visible_gpu(index: int, what: str | None = None) -> str:
+    """GPU ``index`` of this process (``cuda:index``) as ``CUDA_VISIBLE_DEVICES`` names it: entry
+    ``index`` of the variable's list (so ``4,5,6,7`` and 3 give ``7``), or ``index`` when it is unset."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return str(index)
+    ids = [x.strip() for x in visible.split(",") if x.strip()]
+    if index >= len(ids):
+        raise LightReasonerError(f"{what or f'GPU {index}'} but CUDA_VISIBLE_DEVICES={visible} names {len(ids)} GPUs")
+    return ids[index]
 
 
 def rank_gpu() -> str:
-    """This process's GPU as ``CUDA_VISIBLE_DEVICES`` names it: entry ``LOCAL_RANK`` of the
-    variable's list (so ``4,5,6,7`` and rank 3 give ``7``), or ``LOCAL_RANK`` when it is unset."""
+    """This process's GPU under a launcher as ``CUDA_VISIBLE_DEVICES`` names it: entry
+    ``LOCAL_RANK`` of the variable's list (so ``4,5,6,7`` and rank 3 give ``7``), or
+    ``LOCAL_RANK`` when it is unset."""
     rank = int(os.environ.get("LOCAL_RANK", "0"))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if not visible:
-        return str(rank)
-    ids = [x.strip() for x in visible.split(",") if x.strip()]
-    if rank >= len(ids):
-        raise LightReasonerError(f"LOCAL_RANK {rank} but CUDA_VISIBLE_DEVICES={visible} names {len(ids)} GPUs")
-    return ids[rank]
+    return visible_gpu(rank, f"LOCAL_RANK {rank}")
+
+
+def device_index(device: str) -> int | None:
+    """N of ``cuda:N``; None for ``auto``, ``cuda`` and other devices."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index:
+        return None
+    try:
+        return int(index)
+    except ValueError:
+        raise LightReasonerError(f"--device {device}: expected cuda or cuda:N") from None
+
+
+def engine_gpus(device: str, tensor_parallel_size: int) -> str | None:
+    """What ``CUDA_VISIBLE_DEVICES`` the engine's process must see (None: leave it as it is).
+
+    vLLM's single-process executor puts its worker on ``cuda:0`` of the engine's process unless
+    the (deprecated) ``device`` engine argument names an index (``UniProcExecutor._distributed_args``,
+    vllm/v1/executor/uniproc_executor.py), so ``--device cuda:N`` reaches the engine as the
+    variable naming only GPU N. Under a launcher each process has its own GPU (:func:`rank_gpu`)
+    and an explicit index is refused: it would put every rank on the same GPU."""
+    index = device_index(device)
+    if launched():
+        if index is not None:
+            raise LightReasonerError(
+                f"--device {device} under a launcher: every process would use GPU {index}; pass --device cuda "
+                "(or auto), so each process takes its own GPU (LOCAL_RANK), and choose the GPUs with "
+                "CUDA_VISIBLE_DEVICES or accelerate's --gpu_ids"
+            )
+        return rank_gpu()
+    if not index:  # auto, cuda, cuda:0: the engine's first visible GPU
+        return None
+    if tensor_parallel_size > 1:
+        raise LightReasonerError(
+            f"--device {device} with --tensor-parallel-size {tensor_parallel_size}: choose the engine's GPUs with "
+            "CUDA_VISIBLE_DEVICES (and --device cuda) instead"
+        )
+    if in_process_engine():
+        raise LightReasonerError(
+            f"--device {device} with VLLM_ENABLE_V1_MULTIPROCESSING=0: an engine in this process runs on cuda:0; "
+            f"set CUDA_VISIBLE_DEVICES={visible_gpu(index)} instead, or unset the variable"
+        )
+    return visible_gpu(index)
+
+
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+LAUNCHER_PREFIXES = ("TORCHELASTIC_", "ROLE_")
+"""The variables torch's elastic agent (``torchrun``, ``accelerate launch``) sets in every
+worker (``LocalElasticAgent._start_workers``, torch/distributed/elastic/agent/server/
+local_elastic_agent.py, torch 2.13), which an engine must not inherit."""
+
+
+def launcher_variables() -> list[str]:
+    """The launcher's variables present in this process's environment."""
+    return sorted(k for k in os.environ if k in LAUNCHER_VARIABLES or k.startswith(LAUNCHER_PREFIXES))
+
+
+COMPILE_CACHE = "VLLM_CACHE_ROOT"
 
 
 @contextmanager
-def own_gpu(tensor_parallel_size: int) -> Iterator[None]:
-    """Under a launcher, a vLLM engine being built sees only this process's GPU
-    (:func:`rank_gpu`): vLLM starts its engine in a child process, which inherits the
-    variable. It is put back afterwards, and this process's PyTorch is initialised before,
-    so ``cuda:LOCAL_RANK`` stays this process's GPU here."""
-    check_launch(tensor_parallel_size)
-    if not launched():
-        yield
-        return
-    if torch.cuda.is_available():
+def engine_environment(device: str = "auto", tensor_parallel_size: int = 1) -> Iterator[None]:
+    """The environment a vLLM engine is built in, put back afterwards (the engine's process
+    inherits it when it starts):
+
+    - without the launcher's variables (:data:`LAUNCHER_VARIABLES`). The elastic agent sets
+      ``TORCHELASTIC_USE_AGENT_STORE=True`` in every worker; the engine's executor initialises
+      its own one-process group at ``tcp://ip:port`` of a free port, and torch's
+      ``_create_c10d_store`` (torch/distributed/rendezvous.py, torch 2.13) then makes a
+      client-only TCPStore that nobody serves, which fails after its 600 s timeout (vLLM
+      issue 19670). ``torchrun --nproc_per_node 1`` sets them too.
+    - ``CUDA_VISIBLE_DEVICES`` naming only the engine's GPU (:func:`engine_gpus`); this
+      process's PyTorch is initialised before, so ``cuda:N`` stays the same GPU here.
+    - under a launcher with ``VLLM_COMPILE_CACHE_SAVE_FORMAT=unpacked`` (whose directories
+      concurrent engines clobber, vLLM issue 24601), a compile cache of this rank's own
+      (``$VLLM_CACHE_ROOT/rank<LOCAL_RANK>``); the default binary format is written atomically.
+    """
+    check_launch(tensor_parallel_size, device)
+    gpus = engine_gpus(device, tensor_parallel_size)
+    changes: dict[str, str | None] = {k: None for k in launcher_variables()}
+    if gpus is not None:
+        changes["CUDA_VISIBLE_DEVICES"] = gpus
+    if launched() and os.environ.get("VLLM_COMPILE_CACHE_SAVE_FORMAT", "").strip().lower() == "unpacked":
+        root = os.environ.get(COMPILE_CACHE) or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vllm"
+        )
+        changes[COMPILE_CACHE] = os.path.join(root, f"rank{os.environ.get('LOCAL_RANK', '0')}")
+    if gpus is not None and torch.cuda.is_available():
         torch.cuda.init()  # PyTorch reads CUDA_VISIBLE_DEVICES once, when CUDA starts
-    before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = rank_gpu()
+    before = {k: os.environ.get(k) for k in changes}
+    for k, v in changes.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def vllm_available() -> bool:

@@ -215,6 +215,7 @@ def make_generator(cfg: EvalConfig, backend: str):
             cfg.tensor_parallel_size,
             cfg.gpu_memory_utilization,
             cfg.max_lora_rank,
+            device=cfg.device,
         )
         return tok, gen
     device = resolve_device(cfg.device)
@@ -300,7 +301,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     check_vllm_options(cfg)
     settle_batch_invariance(cfg.batch_invariant, cfg.backend, backend)
     if backend == "vllm":
-        check_launch(cfg.tensor_parallel_size)
+        check_launch(cfg.tensor_parallel_size, cfg.device)
     if cfg.grader not in GRADERS:
         raise LightReasonerError(f"--grader {cfg.grader!r}: choose toolkit or strict")
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
