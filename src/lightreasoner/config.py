@@ -259,6 +259,7 @@ class RunConfig(ModelOptions):
     smoke_test: bool = opt(
         False, "a smoke test (set by --quick): every stage on a few problems; the report says it holds no results"
     )
+    estimate: bool = opt(True, "before the first stage, measure this machine briefly and print each stage's time")
     expert: str = opt("embedded:Qwen2.5-Coder-1.5B-Instruct", "expert model")
     amateur: str = opt("embedded:Qwen2.5-Coder-0.5B-Instruct", "amateur model")
     data: str = opt("reasoning-gym:gsm_symbolic", "training problems (JSONL, reasoning-gym:<task>, hub dataset)")

@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -421,7 +422,7 @@ PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
 
 ENGINE_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_lora_rank")
 NOT_RESULTS = {
-    "": ("eval_batch_size",),
+    "": ("eval_batch_size", "estimate"),
     "sample": ("batch_size", "score_batch_size", *ENGINE_KEYS),
     "eval": ("batch_size", *ENGINE_KEYS),
     "sft": ("sample_batch_size",),
@@ -599,6 +600,34 @@ def _where(cfg: RunConfig) -> dict:
     return {"device": str(device), "dtype": dtype, "processes": cfg.num_processes}
 
 
+def _estimate(cfg: RunConfig, configs: dict, pending: list, run: Path) -> dict[str, float]:
+    """Measure this machine briefly, print what each pending stage should take (and, for a
+    run of over an hour, what ``--quick`` takes), and keep the figures in ``estimates.json``."""
+    from . import estimate
+
+    log.info("estimating the run's time on this machine (a short measurement of its models)...")
+    quick = build(RunConfig, merge_dicts({k: v for k, v in asdict(cfg).items() if k != "out"}, QUICK), {})
+    quick_stages = plan_stages(stage_configs(quick))
+    models = estimate.decoders(pending + quick_stages)
+    budget = cfg.eval_max_new_tokens + 256
+    costs = estimate.measure_in_subprocess(models, 200 + cfg.eval_max_new_tokens // 2, cfg.dtype, cfg.device, budget)
+    ahead = estimate.estimate_run(cfg, configs, pending, costs)
+    total = sum(ahead.values())
+    log.info("expected time per stage on this machine:\n%s", estimate.table(ahead))
+    if total > 3600 and not cfg.smoke_test:
+        q = sum(estimate.estimate_run(quick, stage_configs(quick), quick_stages, costs).values())
+        log.warning(
+            "this run should take about %s here (more than an hour); `lightreasoner run --quick` checks "
+            "every stage in about %s. Stop it with Ctrl-C at any time: the same command resumes it.",
+            estimate.hms(total),
+            estimate.hms(q),
+        )
+    path = run / estimate.ESTIMATES_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_json(path, {**{k: round(v, 1) for k, v in ahead.items()}, **saved})  # a stage keeps its first
+    return ahead
+
+
 def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     from .report import write_report
     from .sampling import select_from_pool
@@ -614,6 +643,9 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
 
     if cfg.smoke_test:
         log.info(SMOKE_TEST_NOTE)
+    pending = [(s, c) for s, c in plan_stages(configs) if not s.done()]
+    if cfg.estimate and os.environ.get("LIGHTREASONER_ESTIMATE", "1") != "0" and any(s.command for s, _ in pending):
+        _estimate(cfg, configs, pending, run)
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     where = None

@@ -73,6 +73,18 @@ def hardware(cfg: RunConfig) -> dict[str, str]:
     return out
 
 
+def _estimates(run: Path) -> dict[str, float]:
+    path = Path(run) / "estimates.json"  # written by the run before its stages (lightreasoner.estimate)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _estimate(fig: dict, stage: str, actual: float) -> str:
+    est = fig.get("stage_estimates", {}).get(stage)
+    if est is None:
+        return "–"
+    return f"{hms(est)} ({100 * (actual - est) / est:+.0f}%)" if est > 0 else hms(est)
+
+
 def where_ran(sessions: list[dict]) -> str:
     """Where a stage ran, one ``; ``-separated entry per session (``RUN/provenance.json``)."""
     out = []
@@ -258,6 +270,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
         "eval_max_new_tokens": configs["baseline"].max_new_tokens,
         "stage_seconds": dict(timings),
         "stage_provenance": provenance.read(run),
+        "stage_estimates": _estimates(run),
         "generated_test_problems_checked_disjoint": disjoint_checked,
         "config": asdict(cfg),
         "versions": versions(),
@@ -467,13 +480,16 @@ def markdown(fig: dict) -> str:
         "each resuming what the last one finished); where it ran is each session's processor, dtype, "
         "processes × threads and code commit.",
         "",
-        "| Stage | Time | Where it ran |",
-        "|---|---|---|",
+        "The estimate is what `run` expected before the stage's first session, from a short measurement "
+        "on that machine and the stage's sizes; in brackets, how far the actual time was from it.",
+        "",
+        "| Stage | Time | Estimate | Where it ran |",
+        "|---|---|---|---|",
         *[
-            f"| {s} | {hms(t)} | {where_ran(fig.get('stage_provenance', {}).get(s, []))} |"
+            f"| {s} | {hms(t)} | {_estimate(fig, s, t)} | {where_ran(fig.get('stage_provenance', {}).get(s, []))} |"
             for s, t in fig["stage_seconds"].items()
         ],
-        f"| **total** | {hms(sum(fig['stage_seconds'].values()))} | |",
+        f"| **total** | {hms(sum(fig['stage_seconds'].values()))} | | |",
         "",
         "![time per stage](stage_times.png)",
         "",

@@ -1,0 +1,69 @@
+"""The run's time estimate: the decoder's schedule simulated, answer lengths from an earlier
+evaluation, the measurement on a tiny model, and a run that prints and records it."""
+
+import json
+
+import pytest
+import torch
+
+from lightreasoner import estimate
+from lightreasoner.estimate import eval_lengths, simulate_decode, step_seconds
+
+
+def test_a_batch_that_holds_every_problem_costs_one_prefill_and_the_longest_answer():
+    # 4 prompts of 10 tokens, answers of 5, 3, 3 and 1 tokens, all in one batch
+    s = simulate_decode([5, 3, 3, 1], [10] * 4, batch=8, a=1.0, b=0.5, token=0.01)
+    prefill = 0.01 * 10 * 4
+    # after the prefill (each row's first token): rows left 4, 2, 2 -> steps with 3, 3, 1, 1 rows
+    assert s == pytest.approx(prefill + (1 + 0.5 * 3) * 2 + (1 + 0.5 * 1) * 2)
+
+
+def test_rows_join_once_an_eighth_of_the_batch_is_free():
+    # batch 8: the ninth prompt joins only when one row is free (8 // 8 = 1)
+    lengths = [2] * 8 + [3]
+    s = simulate_decode(lengths, [1] * 9, batch=8, a=1.0, b=0.0, token=0.0)
+    # 8 rows: prefill (token 1), one step (token 2, all done); the ninth: prefill, two steps
+    assert s == pytest.approx(1 + 2)
+    # a longer answer costs more steps; a bigger batch fewer
+    assert simulate_decode([100] * 16, [5] * 16, 4, 1, 0.1, 0) > simulate_decode([100] * 16, [5] * 16, 16, 1, 0.1, 0)
+
+
+def test_lengths_come_from_an_earlier_evaluation_where_it_has_the_problem(tmp_path):
+    rows = [{"id": "a", "tokens": 40}, {"id": "b", "tokens": 900}]
+    (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert eval_lengths(tmp_path, ["a", "b", "c"], 512) == [40, 512, round(estimate.PRIOR_LENGTH * 512)]
+    assert eval_lengths(None, ["a"], 100) == [round(estimate.PRIOR_LENGTH * 100)]
+
+
+def test_a_decode_step_and_a_prefill_token_are_measured_on_the_model(pair):
+    from lightreasoner.models import load_model
+
+    model = load_model(str(pair[0]), torch.float32)
+    assert step_seconds(model, 1, 64) > 0 and step_seconds(model, 8, 300) > 0
+    assert estimate.prefill_seconds_per_token(model) > 0
+
+
+@pytest.mark.slow
+def test_a_run_prints_and_records_its_estimate_and_the_report_compares(pair, tmp_path, monkeypatch, caplog):
+    from test_pipeline import tiny_run
+
+    from lightreasoner.pipeline import run_experiment
+
+    monkeypatch.setenv("LIGHTREASONER_ESTIMATE", "1")
+    cfg = tiny_run(pair, tmp_path / "r", methods="cd")
+    with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
+        fig = run_experiment(cfg, show_progress=False)
+    est = json.loads((tmp_path / "r/estimates.json").read_text())
+    assert set(est) == set(fig["stage_seconds"]) == {"baseline evaluation", "cd: evaluation"}
+    assert all(v > 0 for v in est.values())
+    assert any("expected time per stage" in r.message and "| **total** |" in r.message for r in caplog.records)
+    report = (tmp_path / "r/report.md").read_text()
+    assert "| Stage | Time | Estimate | Where it ran |" in report
+    line = next(ln for ln in report.splitlines() if ln.startswith("| baseline evaluation |"))
+    assert estimate.hms(est["baseline evaluation"]) in line and "%)" in line
+    # a rerun with nothing left to do measures nothing and keeps the first estimate
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
+        run_experiment(cfg, show_progress=False)
+    assert not any("expected time" in r.message for r in caplog.records)
+    assert json.loads((tmp_path / "r/estimates.json").read_text()) == est
