@@ -31,8 +31,8 @@ def test_rows_join_once_an_eighth_of_the_batch_is_free():
 def test_lengths_come_from_an_earlier_evaluation_where_it_has_the_problem(tmp_path):
     rows = [{"id": "a", "tokens": 40}, {"id": "b", "tokens": 900}]
     (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert eval_lengths(tmp_path, ["a", "b", "c"], 512) == [40, 512, round(estimate.PRIOR_LENGTH * 512)]
-    assert eval_lengths(None, ["a"], 100) == [round(estimate.PRIOR_LENGTH * 100)]
+    assert eval_lengths(tmp_path, ["a", "b", "c"], 512) == [40, 512, min(512, estimate.PRIOR_TOKENS)]
+    assert eval_lengths(None, ["a"], 100) == [min(100, estimate.PRIOR_TOKENS)]
 
 
 def test_a_decode_step_and_a_prefill_token_are_measured_on_the_model(pair):

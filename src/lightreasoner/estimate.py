@@ -10,7 +10,7 @@ budgets, batch sizes, optimizer steps) then give each stage's time (:func:`stage
   step costing ``a + b · rows`` seconds (fitted to two measured steps) and a joining prompt
   its prefill. Each answer's length is taken from an earlier evaluation of the same problems
   in the run when there is one (the tuned evaluation after the baseline), else it is
-  ``PRIOR_LENGTH`` of the budget;
+  ``PRIOR_TOKENS`` (at most the budget);
 - a training step is ``grad_accum`` micro-batches of forward and backward over one packed
   trajectory (about three forward passes);
 - the adapter-effect check is its teacher-forced passes and loads.
@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-PRIOR_LENGTH = 0.5
-"""An answer's length as a share of the budget when the run has no evaluation of the same
-problems yet (zero-shot GSM8K answers of small instruct models: a few hundred tokens)."""
+PRIOR_TOKENS = 300
+"""An answer's length in tokens (at most the budget) when the run has no evaluation of the
+same problems yet: zero-shot chain-of-thought answers to GSM8K-style problems by small
+instruct models run to a few hundred tokens."""
 
 ESTIMATES_FILE = "estimates.json"
 
@@ -156,7 +157,7 @@ def simulate_decode(
 
 def eval_lengths(folder: Path | None, ids: list[str], budget: int) -> list[int]:
     """Each answer's length: from an earlier evaluation of the same problems (its rows'
-    ``tokens``) where it has them, else ``PRIOR_LENGTH`` of the budget."""
+    ``tokens``) where it has them, else ``PRIOR_TOKENS``; at most the budget."""
     known: dict[str, int] = {}
     if folder is not None and Path(folder).is_dir():
         for f in Path(folder).glob("*.jsonl"):
@@ -168,8 +169,7 @@ def eval_lengths(folder: Path | None, ids: list[str], budget: int) -> list[int]:
                 n = row.get("tokens") or row.get("completion_tokens")
                 if isinstance(n, int):
                     known[str(row.get("id"))] = n
-    prior = max(1, round(PRIOR_LENGTH * budget))
-    return [min(budget, known.get(str(i), prior)) for i in ids]
+    return [min(budget, known.get(str(i), PRIOR_TOKENS)) for i in ids]
 
 
 def hms(seconds: float) -> str:
@@ -267,10 +267,10 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
             sf.data, sf.question_field, sf.answer_field, max_problems=sf.max_problems, seed=sf.data_seed
         )
         prompts = [len(encode_prompt(tok, p.question, sf.system_prompt)) for p in probs] * sf.samples_per_problem
-        lengths = [max(1, round(PRIOR_LENGTH * sf.max_new_tokens))] * len(prompts)
+        lengths = [min(PRIOR_TOKENS, sf.max_new_tokens)] * len(prompts)
         batch = min(sf.sample_batch_size or sf.group_size, sf.group_size)
         seconds = _decode(costs, sf.model, lengths, prompts, batch, math.ceil(len(prompts) / sf.group_size))
-        tokens = sum(prompts) / max(1, len(prompts)) + PRIOR_LENGTH * sf.max_new_tokens
+        tokens = sum(prompts) / max(1, len(prompts)) + min(PRIOR_TOKENS, sf.max_new_tokens)
         return costs.start + 2 * costs.load[sf.model] + seconds + _train(costs, sf.model, {**vars(sf)}, tokens)
     if command == "effect":
         ef = stage_cfg

@@ -51,7 +51,9 @@ QUICK = {
     "eval_limit": 4,
     "eval_max_new_tokens": 96,
     "sample": {"max_new_tokens": 32},
-    "train": {"max_steps": 4, "save_steps": 1000},
+    # two optimizer steps of one micro-batch each: a training step of the 1.5B expert on a CPU is
+    # its forward and backward passes, the slowest part of a smoke test
+    "train": {"max_steps": 2, "grad_accum": 1, "save_steps": 1000},
     "effect_problems": 2,
     "effect_positions": 16,
 }
