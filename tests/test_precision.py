@@ -86,6 +86,13 @@ def test_measure_effect_in_float32_reproduces_every_change(pair, tmp_path):
     assert fig["positions"] == sum(len(c) for _, c in seqs) and fig["changed_fp32"] > 0
     assert fig["floor"] == 0 and fig["reproduced"] == fig["changed_fp32"]  # merged in fp32: the same model
     assert fig["relative_error"] < 1e-3 and set(fig["weights"]) == {"q_proj", "v_proj"}
+    # one load for both (the path is the reference's model): the same figures as two loads
+    from lightreasoner.precision import compare_paths, path_logits, reference_logits
+
+    base32, tuned32, weights = reference_logits(str(pair[0]), str(tmp_path / "adapter"), seqs, torch.float32)
+    base_p, tuned_p = path_logits(str(pair[0]), str(tmp_path / "adapter"), seqs, torch.float32, True)
+    two_loads = compare_paths(base32, tuned32, base_p, tuned_p)
+    assert {k: fig[k] for k in two_loads} == two_loads and fig["weights"] == weights
 
 
 def test_effect_command_over_an_evaluation_folder(pair, tmp_path):

@@ -198,9 +198,16 @@ def _load(model: str, dtype: torch.dtype, device: str, allow_pickle: bool = Fals
 def reference_logits(model: str, adapter: str, sequences, path_dtype: torch.dtype, device: str = "cpu", **load):
     """float32 logits of the base model and of base + adapter (unmerged), over ``sequences``,
     and :func:`delta_weight_stats` of the adapter stored in ``path_dtype``."""
+    return _reference(_load_tuned32(model, adapter, device, **load), sequences, path_dtype)
+
+
+def _load_tuned32(model: str, adapter: str, device: str, **load):
     from .models import load_with_adapter
 
-    peft32 = load_with_adapter(_load(model, torch.float32, device, **load), adapter)
+    return load_with_adapter(_load(model, torch.float32, device, **load), adapter)
+
+
+def _reference(peft32, sequences, path_dtype: torch.dtype):
     tuned32 = position_logits(peft32, sequences)
     with peft32.disable_adapter():
         base32 = position_logits(peft32, sequences)
@@ -249,9 +256,15 @@ def measure_effect(
     """
     load = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     t0 = time.perf_counter()
-    base32, tuned32, weights = reference_logits(model, adapter, sequences, path_dtype, device, **load)
-    t1 = time.perf_counter()
-    base_p, tuned_p = path_logits(model, adapter, sequences, path_dtype, merged, device, **load)
+    if path_dtype == torch.float32:  # the path is the reference's own model: one load, the base's logits once
+        peft32 = _load_tuned32(model, adapter, device, **load)
+        base32, tuned32, weights = _reference(peft32, sequences, path_dtype)
+        t1 = time.perf_counter()
+        base_p, tuned_p = base32, position_logits(peft32.merge_and_unload() if merged else peft32, sequences)
+    else:
+        base32, tuned32, weights = reference_logits(model, adapter, sequences, path_dtype, device, **load)
+        t1 = time.perf_counter()
+        base_p, tuned_p = path_logits(model, adapter, sequences, path_dtype, merged, device, **load)
     t2 = time.perf_counter()
     return {
         "path": path_name(path_dtype, merged),
