@@ -275,8 +275,11 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
     if command == "effect":
         ef = stage_cfg
         tokens = ef.problems * (configs["_prompt_tokens"] + ef.positions)
-        # float32 with and without the adapter, the bf16 floor and three evaluation paths
-        return costs.start + 4 * costs.load[ef.model] + 6 * tokens * costs.token[ef.model]
+        # float32 with and without the adapter, then the evaluation path's base and tuned model
+        # (in float32 the path is the reference's own model: one load, one more pass)
+        same = configs["_dtype"] == "float32"
+        loads, passes = (1, 3) if same else (2, 4)
+        return costs.start + loads * costs.load[ef.model] + passes * tokens * costs.token[ef.model]
     return 0.0
 
 
@@ -290,7 +293,10 @@ def estimate_run(cfg, configs: dict, stages: list, costs: Costs) -> dict[str, fl
     probs = load_problems(cfg.data, cfg.question_field, None, max_problems=cfg.max_problems, seed=cfg.seed)
     sample_tokens = cfg.sample.get("max_new_tokens", 128)
     prompt = sum(len(encode_prompt(tok, p.question, "")) for p in probs) / max(1, len(probs))
-    configs = {**configs, "_train_tokens": prompt + sample_tokens, "_prompt_tokens": prompt}
+    from .models import resolve_device, resolve_dtype
+
+    dtype = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+    configs = {**configs, "_train_tokens": prompt + sample_tokens, "_prompt_tokens": prompt, "_dtype": dtype}
     return {stage.name: stage_seconds(stage.command, sc, costs, configs, tok) for stage, sc in stages}
 
 
