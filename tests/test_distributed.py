@@ -123,15 +123,21 @@ def test_two_process_eval_equals_one(pair, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_training_writes_one_adapter_and_matches_one_process(pair, one_process_samples, tmp_path):
+    """The same command in 1 and 2 processes: the configured global batch (4 x 2) either way,
+    each process taking micro-batches of 2."""
     args = ["train", "-q", "--model", str(pair[0]), "--samples", str(one_process_samples), "--max-steps", "2",
-            "--grad-accum", "1", "--lora-dropout", "0", "--logging-steps", "1", "--save-steps", "100"]  # fmt: skip
-    assert main([*args, "--batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0
-    finish(launch([*args, "--batch-size", "2", "--output-dir", str(tmp_path / "two")]))
+            "--batch-size", "4", "--grad-accum", "2", "--lora-dropout", "0", "--logging-steps", "1",
+            "--save-steps", "100"]  # fmt: skip
+    assert main([*args, "--output-dir", str(tmp_path / "one")]) == 0
+    finish(launch([*args, "--output-dir", str(tmp_path / "two")]))
     two = tmp_path / "two"
     assert len(list(two.glob("adapter_model*.safetensors"))) == 1 and not list(two.glob("*.tmp*"))
     s1, s2 = (json.loads((tmp_path / d / "train_summary.json").read_text()) for d in ("one", "two"))
-    assert s2["processes"] == 2 and s2["global_batch"] == s1["global_batch"] == 4
-    assert s2["tuned_tokens"] == s1["tuned_tokens"] == 8  # records seen by either process, counted once
+    assert s2["processes"] == 2 and s2["global_batch"] == s1["global_batch"] == 8
+    assert s2["record_updates"] == s1["record_updates"] == 16
+    assert s2["tuned_tokens"] == s1["tuned_tokens"]  # records seen by either process, counted once
+    fps = [json.loads((tmp_path / d / "train_fingerprint.json").read_text()) for d in ("one", "two")]
+    assert [(f["processes"], f["global_batch"]) for f in fps] == [(1, 8), (2, 8)]
     first = [json.loads((tmp_path / d / "checkpoint-2" / "trainer_state.json").read_text()) for d in ("one", "two")]
     losses = [[h["loss"] for h in st["log_history"] if "loss" in h] for st in first]
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)

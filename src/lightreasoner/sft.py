@@ -58,6 +58,7 @@ from .training import (
     RESULT_FIELDS,
     IndexedDataset,
     SeenTrainer,
+    batch_fields,
     check_checkpoints,
     last_checkpoint,
     lora_model,
@@ -403,7 +404,7 @@ def fine_tune(cfg: SFTConfig, model, tok, rows, out: Path, dtype, device, show: 
     fp = {k: v for k, v in asdict(cfg).items() if k not in RESULT_FIELDS and k not in ("output_dir", "overwrite")}
     fp["model"] = model_fingerprint(cfg.model)
     fp["solutions"] = file_fingerprint(out / SOLUTIONS)["sha256"]
-    check_checkpoints(out, fp, resume=True)
+    check_checkpoints(out, fp | batch_fields(cfg), resume=True)
     model = lora_model(model, cfg)
     model.train()
     trainer = SolutionTrainer(

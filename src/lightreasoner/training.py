@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, se
 from . import faults
 from .config import LoraOptions, TrainConfig, installed_name, trainer_arg_names
 from .contrast import soft_label_kl
-from .distributed import is_main, main_lock, single_device_warning, timeout_s
+from .distributed import is_main, main_lock, rank_and_world, single_device_warning, timeout_s
 from .errors import LightReasonerError
 from .io import atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
@@ -318,6 +318,7 @@ def validate_lora(cfg: LoraOptions) -> None:
         raise LightReasonerError("--epochs: must be positive")
     if not (0 <= cfg.lora_dropout < 1):
         raise LightReasonerError("--lora-dropout: must be in [0, 1)")
+    split_global_batch(cfg.batch_size, cfg.grad_accum, rank_and_world()[1])
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -337,18 +338,66 @@ def avoid_cudnn_attention(device: torch.device) -> bool:
     return True
 
 
+def split_global_batch(batch_size: int, grad_accum: int, world: int) -> tuple[int, int]:
+    """The per-process micro-batch and accumulation that keep the configured global batch
+    ``batch_size`` x ``grad_accum`` on ``world`` processes: the world size divides the micro-batch
+    as far as it can, the accumulation takes the rest (8 x 2 on 8 processes: 1 x 2 each; on 16:
+    1 x 1). Every micro-batch has the same size, so each record weighs the same in a step's
+    gradient (the loss is a mean per micro-batch, DDP averages the processes' gradients) and a
+    step takes the same records (the sampler's order cut into micro-batches, dealt to the
+    processes in turn) whatever the number of processes."""
+    if world <= 1:
+        return batch_size, grad_accum
+    for share in sorted((d for d in range(1, world + 1) if world % d == 0), reverse=True):
+        if batch_size % share == 0 and grad_accum % (world // share) == 0:
+            return batch_size // share, grad_accum // (world // share)
+    total = batch_size * grad_accum  # it splits whenever the world size divides it (prime by prime)
+    counts = ", ".join(str(d) for d in range(2, total + 1) if total % d == 0)
+    raise LightReasonerError(
+        f"the global batch --batch-size {batch_size} x --grad-accum {grad_accum} = {total} cannot be shared by "
+        f"{world} processes (each takes an equal micro-batch): run {counts or 'one'} processes, or choose a batch "
+        f"size and accumulation whose product is a multiple of {world}"
+    )
+
+
+def batch_fields(cfg: LoraOptions) -> dict:
+    """A training fingerprint's process count and global batch (the configured one, kept on any
+    number of processes: :func:`split_global_batch`)."""
+    world = rank_and_world()[1]
+    split_global_batch(cfg.batch_size, cfg.grad_accum, world)  # refused here, before anything loads
+    return {"processes": world, "global_batch": cfg.batch_size * cfg.grad_accum}
+
+
 def training_arguments(
     cfg: LoraOptions, out: Path, dtype: torch.dtype, device: torch.device, show_progress: bool
 ) -> TrainingArguments:
     """The Trainer's arguments from our LoRA options (shared by ``train`` and ``sft``), then
-    any other ``TrainingArguments`` field the user gave (``trainer_args``). One process never
+    any other ``TrainingArguments`` field the user gave (``trainer_args``). The global batch is
+    the configured ``batch_size`` x ``grad_accum`` on any number of processes
+    (:func:`split_global_batch`). Under a launcher DDP gets ``find_unused_parameters=False``
+    (every trainable parameter, the adapter's, takes part in every loss). One process never
     wraps the model in ``nn.DataParallel``: with several GPUs it uses one (and says how to
     launch on all). On a GPU, cuDNN attention is turned off (:func:`avoid_cudnn_attention`)."""
     avoid_cudnn_attention(device)
+    world = rank_and_world()[1]
+    args = TrainingArguments(**trainer_settings(cfg, out, dtype, device, show_progress, world))
+    if args.world_size != world:
+        raise LightReasonerError(f"the Trainer sees {args.world_size} processes, the launcher {world}")
+    if args.n_gpu > 1:
+        log.warning(single_device_warning(args.n_gpu))
+        args._n_gpu = 1
+    return args
+
+
+def trainer_settings(
+    cfg: LoraOptions, out: Path, dtype: torch.dtype, device: torch.device, show_progress: bool, world: int
+) -> dict:
+    """The ``TrainingArguments`` fields of :func:`training_arguments` on ``world`` processes."""
+    per_device, accum = split_global_batch(cfg.batch_size, cfg.grad_accum, world)
     base = dict(
         output_dir=str(out),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
         learning_rate=cfg.learning_rate,
         max_steps=-1 if cfg.epochs is not None else cfg.max_steps,
         num_train_epochs=cfg.epochs or 1.0,
@@ -365,13 +414,11 @@ def training_arguments(
         disable_tqdm=not show_progress,
         ddp_timeout=timeout_s(),  # the process group's own (created before the Trainer; it cannot change it)
     )
+    if world > 1:  # the Trainer's default for a model that is no PreTrainedModel (a PeftModel) is True
+        base["ddp_find_unused_parameters"] = False
     known = trainer_arg_names()
     extra = {installed_name(k, known): v for k, v in cfg.trainer_args.items()}  # also for configs built in Python
-    args = TrainingArguments(**{**base, **extra})
-    if args.n_gpu > 1:
-        log.warning(single_device_warning(args.n_gpu))
-        args._n_gpu = 1
-    return args
+    return {**base, **extra}
 
 
 def train(cfg: TrainConfig, show_progress: bool = True) -> dict:
@@ -395,7 +442,7 @@ def train_fingerprint(cfg: TrainConfig) -> dict:
     fp = {k: v for k, v in asdict(cfg).items() if k not in RESULT_FIELDS and k != "output_dir"}
     fp["model"] = model_fingerprint(cfg.model)
     fp["samples"] = file_fingerprint(cfg.samples)["sha256"]
-    return fp
+    return fp | batch_fields(cfg)
 
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:
@@ -406,8 +453,9 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
 def check_checkpoints(out: Path, fp: dict, resume: bool) -> None:
     """Refuse to resume checkpoints in ``out`` made under another fingerprint; record ``fp``."""
     path = out / TRAIN_FINGERPRINT
-    if resume and path.exists() and last_checkpoint(out):
-        before = json.loads(path.read_text())
+    checkpoint = last_checkpoint(out) if resume and path.exists() else None
+    if checkpoint:
+        before = with_batch_fields(json.loads(path.read_text()), checkpoint)
         if before != fp:
             raise LightReasonerError(
                 f"{out} holds checkpoints made from other inputs or settings "
@@ -415,6 +463,18 @@ def check_checkpoints(out: Path, fp: dict, resume: bool) -> None:
             )
     if is_main():
         atomic_write_json(path, fp)
+
+
+def with_batch_fields(fp: dict, checkpoint: str) -> dict:
+    """A fingerprint written before it recorded ``processes`` and ``global_batch``, with them: the
+    process count from the checkpoint (the Trainer saves ``rng_state.pth`` in one process,
+    ``rng_state_<rank>.pth`` in several), the global batch as it then was (micro-batch x
+    processes x accumulation)."""
+    if "processes" in fp or "batch_size" not in fp:
+        return fp
+    ranks = len(list(Path(checkpoint).glob("rng_state_*.pth")))
+    world = ranks if ranks > 1 else 1
+    return fp | {"processes": world, "global_batch": fp["batch_size"] * world * fp.get("grad_accum", 1)}
 
 
 def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progress: bool) -> dict:
@@ -466,7 +526,7 @@ def _train_locked(cfg: TrainConfig, records: list[SoftLabelRecord], show_progres
         "seconds_per_record": seconds / max(1, updates),
         "packed": cfg.pack,
         "processes": world,
-        "global_batch": cfg.batch_size * world * cfg.grad_accum,
+        "global_batch": args.per_device_train_batch_size * world * args.gradient_accumulation_steps,
         "config": asdict(cfg),
     }
     if main:
