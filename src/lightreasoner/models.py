@@ -26,10 +26,10 @@ from transformers import (
 
 from .distributed import launched
 from .errors import LightReasonerError
+from .offline import PREFIX as EMBEDDED_PREFIX
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PREFIX = "embedded:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

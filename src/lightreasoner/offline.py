@@ -21,9 +21,11 @@ from pathlib import Path
 
 from .errors import LightReasonerError
 from .io import temp_path
-from .models import EMBEDDED_PREFIX as PREFIX
 
 log = logging.getLogger(__name__)
+
+PREFIX = "embedded:"
+"""A model spec ``embedded:<name>`` names one of :data:`EMBEDDED`."""
 
 
 @dataclass(frozen=True)
