@@ -106,7 +106,7 @@ def test_effect_command_over_an_evaluation_folder(pair, tmp_path):
     args = ["effect", "--model", str(pair[0]), "--adapter", str(tmp_path / "adapter"), "--completions", str(ev)]
     assert main([*args, "--out", str(out), "--problems", "2", "--positions", "5", "--dtype", "bfloat16"]) == 0
     fig = json.loads(out.read_text())
-    assert fig["problems"] == 2 and fig["positions"] == 10 and fig["path"] == "merged bfloat16"
+    assert fig["problems"] == 2 and fig["positions"] == 10 and fig["path"] == "unmerged bfloat16"  # as eval
     assert fig["changed_fp32"] >= fig["reproduced"] and 0 <= fig["floor"] <= 10
     assert main([*args, "--out", str(tmp_path / "x.json")][:-2] + ["--completions", str(tmp_path / "none")]) == 2
 

@@ -197,7 +197,11 @@ class EffectConfig(ModelOptions):
     out: str = opt(None, "JSON file with the figures", required=True)
     problems: int = opt(24, "first N problems of the evaluation folder")
     positions: int = opt(96, "first N completion tokens of each problem")
-    merged: bool = opt(True, "the path under test merges the adapter into the weights (as eval --adapter does)")
+    merged: str = opt(
+        "auto",
+        "the path under test: auto (the one eval --adapter takes, with either backend: merged in float32, "
+        "the LoRA unmerged in bfloat16/float16), merged or unmerged",
+    )
     system_prompt: str = opt(EVAL_SYSTEM_PROMPT, "system message the completions were made with")
 
 

@@ -156,8 +156,10 @@ def require_finite(logits: torch.Tensor, what: str) -> None:
 
 def cache_kwarg(model: PreTrainedModel) -> str:
     """The name of the forward's cache argument: ``cache`` (transformers >= 5.x, where
-    ``past_key_values`` is deprecated) or ``past_key_values``."""
-    params = inspect.signature(model.forward).parameters
+    ``past_key_values`` is deprecated) or ``past_key_values``; for a PEFT model, its base
+    model's (PEFT passes it on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -203,6 +203,22 @@ def stored_dtype(path: str) -> torch.dtype | None:
     return {"BF16": torch.bfloat16, "F16": torch.float16}.get(found.pop()) if len(found) == 1 else None
 
 
+def merges_adapter(dtype: torch.dtype) -> bool:
+    """Whether evaluation merges a LoRA adapter into the weights (``W + ΔW``) or keeps it
+    unmerged (the base output plus ``x·A·B·scale``), the same model for every backend.
+
+    vLLM never merges: its LoRA layers add the adapter's branch to the base layer's output
+    (``PunicaWrapperGPU.add_lora_linear``, vllm/lora/punica_wrapper/punica_gpu.py: ``x @ A``
+    into a float32 buffer, scaled, then ``@ B`` added to the output), with A and B in the
+    model's dtype (``LoRAConfig.lora_dtype`` is auto, float16 or bfloat16). Merging in bf16
+    instead stores ``W + ΔW`` rounded to bf16, where a small ΔW (under half a unit in the last
+    place of most weights) mostly rounds away: another model. So in bf16 and float16 the
+    transformers backend keeps the adapter unmerged too (PEFT computes the branch in float32
+    and adds it to the output); in float32 merged and unmerged are the same model up to
+    float32 rounding, and it merges (no extra matrix products per step)."""
+    return dtype == torch.float32
+
+
 def load_with_adapter(base, adapter: str | Path):
     """``base`` (a loaded model) with the PEFT adapter at ``adapter`` applied, in eval mode."""
     path = Path(adapter)

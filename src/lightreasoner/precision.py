@@ -275,6 +275,23 @@ def measure_effect(
     }
 
 
+def effect_path_merged(choice: str | bool, dtype: torch.dtype) -> bool:
+    """Whether the path under test merges the adapter: ``auto`` → as evaluation does with
+    either backend (:func:`models.merges_adapter`), else ``merged``/``unmerged`` (or a YAML
+    boolean, as the option was before)."""
+    from .errors import LightReasonerError
+    from .models import merges_adapter
+
+    value = str(choice).strip().lower()
+    if value == "auto":
+        return merges_adapter(dtype)
+    if value in ("merged", "true", "yes"):
+        return True
+    if value in ("unmerged", "false", "no"):
+        return False
+    raise LightReasonerError(f"--merged {choice!r}: choose auto, merged or unmerged")
+
+
 def run_effect(cfg) -> dict:
     """The ``effect`` command: :func:`measure_effect` over the base model's completions in
     ``cfg.completions``, in the dtype evaluation uses, written to ``cfg.out`` (JSON)."""
@@ -286,12 +303,13 @@ def run_effect(cfg) -> dict:
         raise LightReasonerError(f"--completions {cfg.completions}: not an evaluation folder")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    merged = effect_path_merged(cfg.merged, dtype)
     tok = load_tokenizer(resolve_source(cfg.model, cfg.allow_pickle), cfg.trust_remote_code)
     seqs = eval_sequences(cfg.completions, tok, cfg.system_prompt, cfg.problems, cfg.positions)
     if not seqs:
         raise LightReasonerError(f"--completions {cfg.completions}: no completions found")
     fig = measure_effect(
-        cfg.model, cfg.adapter, seqs, dtype, cfg.merged, str(device), cfg.allow_pickle, cfg.trust_remote_code
+        cfg.model, cfg.adapter, seqs, dtype, merged, str(device), cfg.allow_pickle, cfg.trust_remote_code
     )
     finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fig.items()}
     atomic_write_json(cfg.out, finite)

@@ -45,6 +45,7 @@ from ..models import (
     load_model,
     load_tokenizer,
     load_with_adapter,
+    merges_adapter,
     resolve_device,
     resolve_dtype,
     resolve_source,
@@ -110,6 +111,8 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
         fp["grader"] = cfg.grader
     if cfg.batch_invariant:  # only when set
         fp["batch_invariant"] = True
+    if cfg.adapter and backend == "hf" and not merges_adapter(resolve_dtype(cfg.dtype, resolve_device(cfg.device))):
+        fp["adapter_path"] = "unmerged"  # only then: evaluations merged in float32 keep their fingerprint
     fp |= unit_fields(cfg.group_size)
     fp[RUNTIME] = runtime(batch_size=cfg.batch_size)
     return fp | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
@@ -219,9 +222,12 @@ def make_generator(cfg: EvalConfig, backend: str):
         )
         return tok, gen
     device = resolve_device(cfg.device)
-    model = load_model(src, resolve_dtype(cfg.dtype, device), device, cfg.allow_pickle, cfg.trust_remote_code)
-    if cfg.adapter:  # merged in memory: the model `lightreasoner merge` writes, without extra LoRA matmuls
-        model = load_with_adapter(model, cfg.adapter).merge_and_unload()
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = load_model(src, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
+    if cfg.adapter:  # the model vLLM evaluates too: merged in float32, unmerged LoRA in bf16/fp16
+        model = load_with_adapter(model, cfg.adapter)
+        if merges_adapter(dtype):
+            model = model.merge_and_unload()
     contrastive = None
     if cfg.contrastive_amateur:
         asrc = resolve_source(cfg.contrastive_amateur, cfg.allow_pickle, "contrastive amateur")
