@@ -17,13 +17,18 @@ check failed, 0 otherwise, and 2 on a machine without CUDA unless ``--cpu-subset
   bfloat16: the same ids up to near-ties), finite logits, and what the plain 2D mask would
   have given; top-p draws that do not depend on the batch.
 - ``vllm-sample``: hf and vLLM trajectories of the same prompts (the same up to near-ties),
-  ``sample`` end to end with both backends, GPU memory back after the engine closes.
+  ``sample`` end to end with both backends (both scoring the expert teacher-forced, as vLLM's
+  path must, so the records are comparable), GPU memory back after the engine closes.
 - ``train``: 4 optimizer steps with activation checkpointing: finite losses, gradients that
   reach the adapter.
-- ``vllm-eval``: ``eval --adapter`` with hf (merged) and vLLM (LoRA): the same completions
-  up to near-ties.
-- ``two-gpus`` (2 GPUs or more): ``sample``, ``eval`` and ``train`` in 2 processes give what
-  1 process gives.
+- ``vllm-eval``: ``eval --adapter`` with hf and vLLM, both with the LoRA unmerged in bf16
+  (the model every backend evaluates): the same completions up to near-ties.
+- ``two-gpus`` (2 GPUs or more): ``sample``, ``eval`` and ``train`` (float32: Adam's first
+  steps are sign-like, so bf16 rounding of near-zero gradients flips whole steps) in 2
+  processes give what 1 process gives, with work units small enough that both processes
+  get some; ``eval --backend vllm`` in 2 processes finishes (within a timeout: an engine that
+  inherits the launcher's store variable waits 600 s, then fails) and gives 1 process's rows;
+  a one-process engine asked for ``--device cuda:1`` takes its memory on GPU 1.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class Setup:
     prompts: int = 12  # prompts each decoding comparison takes
     tokens: int = 24  # new tokens per completion
     eval_limit: int = 8  # GSM8K problems each evaluation takes
+    sample_group: int = 4  # work unit of sample: 16 problems are 4 units, 2 for each of 2 processes
+    eval_group: int = 2  # work unit of eval: 8 questions are 4 units
 
     @property
     def log(self) -> Path:
@@ -312,9 +319,11 @@ def plain_mask_nan_rows(model, prompts: list[list[int]]) -> int:
 
 
 def sample_args(s: Setup, out: Path, backend: str) -> list[str]:
+    """``sample`` of the check's problems; the expert scored teacher-forced with every backend
+    (vLLM's path can only score that way), so the records of two backends are comparable."""
     return ["sample", "--expert", s.expert, "--amateur", s.amateur, "--data", s.problems, "--out", str(out),
             "--max-new-tokens", str(s.tokens), "--beta=-inf", "--backend", backend, "--gpu-memory-utilization", "0.3",
-            "--overwrite"]  # fmt: skip
+            "--expert-scoring", "teacher-forced", "--group-size", str(s.sample_group), "--overwrite"]  # fmt: skip
 
 
 def ensure_records(s: Setup) -> str:
@@ -358,16 +367,19 @@ def check_vllm_sample(s: Setup) -> Result:
     hf_out, v_out = s.root / "records-hf.jsonl", s.root / "records-vllm.jsonl"
     ensure_records(s)
     code = cli(s, *sample_args(s, v_out, "vllm"))
-    equal = code == 0 and v_out.read_text() == hf_out.read_text()
+    lines = {b: p.read_text().splitlines() if p.exists() else [] for b, p in (("hf", hf_out), ("vllm", v_out))}
+    agree = sum(a == b for a, b in zip(lines["hf"], lines["vllm"]))
+    equal = code == 0 and lines["hf"] == lines["vllm"]
     memory_back = back >= before - 2**30
     figures = [
         f"trajectories: {same}/{len(prompts)} identical, {near} near-ties (gap <= {NEAR_TIE[torch.bfloat16]})",
         *[f"divergence {x}" for x in real],
         f"GPU memory free before the engine {before / 2**30:.1f} GiB, after it closed {back / 2**30:.1f} GiB",
-        f"sample --backend vllm: exit {code}, records {'identical to' if equal else 'differ from'} --backend hf",
+        f"sample --backend vllm: exit {code}, {agree}/{len(lines['hf'])} records identical to --backend hf "
+        "(both teacher-forced; a trajectory that differs at a near-tie differs from there on)",
     ]
     ok = not real and memory_back and code == 0
-    return Result("vllm-sample", "PASS" if ok else "FAIL", figures)
+    return Result("vllm-sample", "FAIL" if not ok else "PASS" if equal else "WARN", figures)
 
 
 def lora_b_norm(adapter: str) -> float:
@@ -403,13 +415,13 @@ def check_train(s: Setup) -> Result:
 def eval_args(s: Setup, out: Path, backend: str) -> list[str]:
     return ["eval", "--model", s.expert, "--adapter", s.adapter, "--benchmarks", "gsm8k", "--limit", str(s.eval_limit),
             "--max-new-tokens", str(s.tokens), "--dtype", "bfloat16", "--backend", backend, "--out", str(out),
-            "--gpu-memory-utilization", "0.3", "--overwrite"]  # fmt: skip
+            "--group-size", str(s.eval_group), "--gpu-memory-utilization", "0.3", "--overwrite"]  # fmt: skip
 
 
 def check_vllm_eval(s: Setup) -> Result:
     from lightreasoner.decoding import greedy_decode
     from lightreasoner.evaluation.generation import VLLMGenerator
-    from lightreasoner.models import end_token_ids, load_model, load_tokenizer, load_with_adapter
+    from lightreasoner.models import end_token_ids, load_model, load_tokenizer, load_with_adapter, merges_adapter
 
     if not s.adapter:
         return Result("vllm-eval", "SKIP", ["no adapter: the train check did not pass"])
@@ -420,7 +432,9 @@ def check_vllm_eval(s: Setup) -> Result:
         theirs = [c.ids for c in gen.generate_ids(prompts)]
     finally:
         gen.close()
-    model = load_with_adapter(load_model(s.expert, torch.bfloat16, s.device), s.adapter).merge_and_unload()
+    model = load_with_adapter(load_model(s.expert, torch.bfloat16, s.device), s.adapter)
+    if merges_adapter(torch.bfloat16):  # no: in bf16 every backend evaluates the LoRA unmerged
+        model = model.merge_and_unload()
     stops = end_token_ids(model.generation_config.eos_token_id, tok, chat_ends=True)
     ours = [c.ids for c in greedy_decode(model, prompts, s.tokens, stops, tok.pad_token_id, 8)]
     same, near, real = compare_ids(model, prompts, ours, theirs)
@@ -428,7 +442,7 @@ def check_vllm_eval(s: Setup) -> Result:
     rows = {b: (s.root / f"eval-{b}" / "gsm8k.jsonl").read_text().splitlines() for b in codes if codes[b] == 0}
     agree = sum(a == b for a, b in zip(*rows.values())) if len(rows) == 2 else 0
     figures = [
-        f"completions (adapter merged in hf, LoRA in vLLM): {same}/{len(prompts)} identical, {near} near-ties",
+        f"completions (LoRA unmerged in bf16, hf and vLLM): {same}/{len(prompts)} identical, {near} near-ties",
         *[f"divergence {x}" for x in real],
         f"eval --adapter: exit hf {codes['hf']}, vllm {codes['vllm']}; {agree}/{s.eval_limit} rows identical",
     ]
@@ -436,39 +450,113 @@ def check_vllm_eval(s: Setup) -> Result:
     return Result("vllm-eval", "PASS" if ok else "FAIL", figures)
 
 
-def launch(s: Setup, command: str, *args: str) -> int:
-    """``lightreasoner COMMAND -q ARGS`` in 2 processes through accelerate (one GPU each)."""
+LAUNCH_TIMEOUT_S = 420
+"""How long a 2-process command may run: each takes well under a minute on tiny models, and an
+engine that inherits the launcher's store variable waits 600 s before it fails."""
+
+
+def launch(s: Setup, command: str, *args: str, timeout_s: float = LAUNCH_TIMEOUT_S) -> int:
+    """``lightreasoner COMMAND -q ARGS`` in 2 processes through accelerate (one GPU each); its
+    exit status, 124 when it ran past ``timeout_s`` (then it is killed, launcher and ranks)."""
+    import signal
+
     accelerate = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd = [sys.executable, *accelerate, "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["-m", "lightreasoner", command, "-q", *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     with s.log.open("a") as log:
-        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        print(f"$ accelerate launch (2 processes) lightreasoner {command} {' '.join(args)}", file=log, flush=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print(f"(killed after {timeout_s:.0f} s)", file=log, flush=True)
+            return 124
+
+
+def rows_of(folder: Path) -> list[str] | None:
+    path = folder / "gsm8k.jsonl"
+    return path.read_text().splitlines() if path.exists() else None
+
+
+def units(n: int, size: int) -> int:
+    return -(-n // size)
 
 
 def check_two_gpus(s: Setup) -> Result:
-    """``sample``, ``train`` (2 x batch 2 against 1 x batch 4: the same global batch) and
-    ``eval`` in 2 processes against 1 process."""
+    """``sample``, ``train`` (the same command: the global batch is the same on 1 and 2
+    processes; float32) and ``eval`` in 2 processes against 1 process, in work units that give
+    both processes work; with vLLM, ``eval --backend vllm`` in 2 processes and ``--device cuda:1``."""
     if torch.cuda.device_count() < 2:
         return Result("two-gpus", "SKIP", [f"{torch.cuda.device_count()} GPU visible"])
+    n_problems = sum(1 for x in Path(s.problems).read_text().splitlines() if x.strip())
     one, two = Path(ensure_records(s)), s.root / "records-2p.jsonl"
     code = launch(s, *sample_args(s, two, "hf"))
     same = code == 0 and two.read_text() == one.read_text()
-    figures, failed = [f"sample: exit {code}, records {'identical' if same else 'DIFFER'}"], not same
+    figures = [f"sample ({units(n_problems, s.sample_group)} units of {s.sample_group}): exit {code}, "
+               f"records {'identical' if same else 'DIFFER'}"]  # fmt: skip
+    failed, warned = not same, False
+
+    fp32 = ["--dtype", "float32"]
+    a1, a2 = s.root / "adapter-fp32-1p", s.root / "adapter-fp32-2p"
+    code1 = cli(s, *train_args(s, a1), *fp32)
+    code = launch(s, *train_args(s, a2), *fp32)
+    gap = lora_b_gap(str(a1), str(a2)) if code == code1 == 0 else math.inf
+    batches = [json.loads((a / "train_summary.json").read_text())["global_batch"] if c == 0 else None
+               for a, c in ((a1, code1), (a2, code))]  # fmt: skip
+    figures.append(f"train (float32): exit {code1} and {code}, global batch {batches[0]} and {batches[1]}, "
+                   f"lora_B differs by {gap:.1%} of its norm")  # fmt: skip
+    failed |= gap > 0.05 or batches[0] != batches[1]
+
     if not s.adapter:
         return Result("two-gpus", "FAIL", [*figures, "no adapter: the train check did not pass"])
-    code = launch(s, *train_args(s, s.root / "adapter-2p", batch=2))
-    gap = lora_b_gap(s.adapter, str(s.root / "adapter-2p")) if code == 0 else math.inf
-    figures.append(f"train: exit {code}, lora_B differs by {gap:.1%} of its norm")
-    failed |= gap > 0.05
     one_eval, two_eval = s.root / "eval-hf", s.root / "eval-2p"
-    if not (one_eval / "gsm8k.jsonl").exists():
+    if rows_of(one_eval) is None:
         cli(s, *eval_args(s, one_eval, "hf"))
     code = launch(s, *eval_args(s, two_eval, "hf"))
-    rows = [(d / "gsm8k.jsonl").read_text() if (d / "gsm8k.jsonl").exists() else None for d in (one_eval, two_eval)]
-    same = code == 0 and rows[0] is not None and rows[0] == rows[1]
-    figures.append(f"eval: exit {code}, rows {'identical' if same else 'DIFFER'}")
-    return Result("two-gpus", "FAIL" if failed or not same else "PASS", figures)
+    same = code == 0 and rows_of(one_eval) is not None and rows_of(one_eval) == rows_of(two_eval)
+    figures.append(f"eval hf ({units(s.eval_limit, s.eval_group)} units of {s.eval_group}): exit {code}, "
+                   f"rows {'identical' if same else 'DIFFER'}")  # fmt: skip
+    failed |= not same
+
+    if s.vllm:
+        one_v, two_v = s.root / "eval-vllm", s.root / "eval-vllm-2p"
+        if rows_of(one_v) is None:
+            cli(s, *eval_args(s, one_v, "vllm"))
+        t0 = time.perf_counter()
+        code = launch(s, *eval_args(s, two_v, "vllm"))
+        took = time.perf_counter() - t0
+        a, b = rows_of(one_v), rows_of(two_v)
+        agree = sum(x == y for x, y in zip(a or [], b or []))
+        complete = code == 0 and b is not None and len(b) == s.eval_limit
+        figures.append(f"eval vllm in 2 processes: exit {code} after {took:.0f} s"
+                       f"{' (timed out: the engine waited for a store nobody serves?)' if code == 124 else ''}, "
+                       f"{agree}/{s.eval_limit} rows identical to 1 process (vLLM's batches differ)")  # fmt: skip
+        failed |= not complete
+        warned |= complete and agree < s.eval_limit
+        figures.append(engine_on_gpu_1(s))
+        failed |= "NOT" in figures[-1]
+    return Result("two-gpus", "FAIL" if failed else "WARN" if warned else "PASS", figures)
+
+
+def engine_on_gpu_1(s: Setup) -> str:
+    """A one-process engine asked for ``--device cuda:1`` takes its memory on GPU 1, not GPU 0."""
+    from lightreasoner.evaluation.generation import VLLMGenerator
+    from lightreasoner.models import load_tokenizer
+
+    before = [free_gpu_bytes(torch.device(f"cuda:{i}")) for i in (0, 1)]
+    gen = VLLMGenerator(s.expert, load_tokenizer(s.expert), s.tokens, "bfloat16", gpu_memory_utilization=0.3,
+                        device="cuda:1")  # fmt: skip
+    try:
+        during = [free_gpu_bytes(torch.device(f"cuda:{i}")) for i in (0, 1)]
+    finally:
+        gen.close()
+    taken = [(b - d) / 2**30 for b, d in zip(before, during)]
+    ok = taken[1] > 1.0 and taken[0] < 0.5 * taken[1]
+    return (f"--device cuda:1: the engine took {taken[0]:.1f} GiB of GPU 0 and {taken[1]:.1f} GiB of GPU 1"
+            f"{'' if ok else ' (NOT on GPU 1)'}")  # fmt: skip
 
 
 def lora_b_gap(a: str, b: str) -> float:

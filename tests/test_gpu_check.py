@@ -65,3 +65,23 @@ def test_the_gpu_checks_code_runs_against_the_vllm_stand_in(tmp_path, stand_in_v
         result = gpu_check.RUNNERS[name](s)
         assert result.status in ("PASS", "WARN"), (name, result.figures)
     assert ("engine", "bfloat16") in [e[:2] for e in stand_in_vllm]
+
+
+@pytest.mark.slow
+def test_the_two_process_checks_give_both_processes_work_and_run_on_cpu(tmp_path, monkeypatch):
+    """``two-gpus`` on the CPU (gloo; as if 2 GPUs were visible, vLLM left out): its work units
+    give each process some of the problems, and 2 processes give what 1 gives."""
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import gpu_check
+
+    s = gpu_check.Setup(torch.device("cpu"), tmp_path, vllm=False, tokens=8)
+    s.expert, s.amateur = gpu_check.build_models(tmp_path / "models")
+    s.problems = gpu_check.write_problems(tmp_path / "problems.jsonl")
+    assert gpu_check.units(16, s.sample_group) >= 2 and gpu_check.units(s.eval_limit, s.eval_group) >= 2
+    assert gpu_check.check_train(s).status == "PASS"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    result = gpu_check.check_two_gpus(s)
+    assert result.status == "PASS", (result.figures, (tmp_path / "cli.log").read_text()[-3000:])
+    assert any("global batch 4 and 4" in f for f in result.figures)
