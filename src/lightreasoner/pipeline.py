@@ -359,7 +359,7 @@ def stage_configs(cfg: RunConfig) -> dict:
             entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, contrastive_amateur=arm.amateur, **cd)
         elif arm.legacy and (run / "merged" / "config.json").exists():
             entry["eval"] = evaluation(arm.eval, arm.label, model=str(run / "merged"))
-        else:  # the adapter is merged into the expert in memory, as `merge` would
+        else:  # base + adapter: merged in memory in float32, unmerged in bf16/fp16 (as vLLM)
             entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, adapter=str(arm.adapter))
             if cfg.effect_problems and not arm.legacy:
                 entry["effect"] = build(
