@@ -114,3 +114,13 @@ def test_checkpoints_fingerprinted_before_processes_were_recorded(tmp_path, rank
     else:
         with pytest.raises(LightReasonerError, match="changed: global_batch, processes"):
             check_checkpoints(tmp_path, now, resume=True)
+
+
+def test_a_run_whose_process_count_cannot_share_the_global_batch_is_refused_before_any_stage(pair, tmp_path):
+    from test_pipeline import tiny_run
+
+    from lightreasoner.pipeline import stage_configs
+
+    assert stage_configs(tiny_run(pair, tmp_path / "r", num_processes=8))["arms"]  # 8 x 2 on 8: 1 x 2 each
+    with pytest.raises(LightReasonerError, match="section 'train', --num-processes: .* by 3 processes"):
+        stage_configs(tiny_run(pair, tmp_path / "r", num_processes=3))

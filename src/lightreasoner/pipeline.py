@@ -377,6 +377,14 @@ def stage_configs(cfg: RunConfig) -> dict:
                     {},
                     source="run config",
                 )
+        for kind in ("train", "sft"):  # refused before the first stage, not at fine-tuning
+            if kind in entry and cfg.num_processes > 1:
+                from .training import split_global_batch
+
+                try:
+                    split_global_batch(entry[kind].batch_size, entry[kind].grad_accum, cfg.num_processes)
+                except LightReasonerError as e:
+                    raise LightReasonerError(f"run config, section '{kind}', --num-processes: {e}") from None
         arms[arm.id] = entry
     return {
         "baseline": evaluation(run / "eval" / "baseline", "Baseline", model=cfg.expert),
