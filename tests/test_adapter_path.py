@@ -56,11 +56,11 @@ def test_a_small_change_survives_unmerged_in_bfloat16_better_than_merged(relativ
     torch.nn.init.normal_(net[0].weight, std=0.02)
     peft = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules=["0"], lora_dropout=0.0))
     layer = peft.base_model.model[0]
-    torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
-    delta = layer.get_delta_weight("default")
-    layer.lora_B["default"].weight.data *= relative * float(net[0].weight.norm() / delta.norm())
     x = torch.randn(64, n)
     with torch.no_grad():
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
+        delta = layer.get_delta_weight("default")
+        layer.lora_B["default"].weight *= relative * float(net[0].weight.norm() / delta.norm())
         want = x @ layer.get_delta_weight("default").T  # float32
         peft.base_model.model[0].base_layer.to(torch.bfloat16)  # the base in bf16, LoRA weights float32 (PEFT)
         base = layer.base_layer(x.bfloat16()).float()
