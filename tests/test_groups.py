@@ -189,9 +189,10 @@ def stage_args(stage: str, pair, problems: Path, out: Path, dtype: str) -> list[
     if stage == "eval":
         return ["eval", *common, "--model", str(e), "--benchmarks", "reasoning-gym:gsm_symbolic", "--limit", "9",
                 "--max-new-tokens", "20", "--out", str(out)]  # fmt: skip
+    # a global batch of 2 x 3 = 6, which 1, 2 and 3 processes share equally
     return ["sft", *common, "--model", str(e), "--data", str(problems), "--output-dir", str(out),
             "--samples-per-problem", "2", "--max-new-tokens", "16", "--target-problems", "5",
-            "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1", "--save-steps", "100"]  # fmt: skip
+            "--max-steps", "1", "--batch-size", "2", "--grad-accum", "3", "--save-steps", "100"]  # fmt: skip
 
 
 def output(stage: str, out: Path) -> str:
