@@ -48,6 +48,7 @@ def test_a_run_prints_and_records_its_estimate_and_the_report_compares(pair, tmp
     from test_pipeline import tiny_run
 
     from lightreasoner.pipeline import run_experiment
+    from lightreasoner.report.tables import hms
 
     monkeypatch.setenv("LIGHTREASONER_ESTIMATE", "1")
     cfg = tiny_run(pair, tmp_path / "r", methods="cd")
@@ -60,7 +61,7 @@ def test_a_run_prints_and_records_its_estimate_and_the_report_compares(pair, tmp
     report = (tmp_path / "r/report.md").read_text()
     assert "| Stage | Time | Estimate | Where it ran |" in report
     line = next(ln for ln in report.splitlines() if ln.startswith("| baseline evaluation |"))
-    assert estimate.hms(est["baseline evaluation"]) in line and "%)" in line
+    assert hms(est["baseline evaluation"]) in line and "%)" in line
     # a rerun with nothing left to do measures nothing and keeps the first estimate
     caplog.clear()
     with caplog.at_level("INFO", logger="lightreasoner.pipeline"):

@@ -172,13 +172,9 @@ def eval_lengths(folder: Path | None, ids: list[str], budget: int) -> list[int]:
     return [min(budget, known.get(str(i), PRIOR_TOKENS)) for i in ids]
 
 
-def hms(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
-
-
 def table(estimates: dict[str, float], actual: dict[str, float] | None = None) -> str:
+    from .report.tables import hms
+
     lines = [
         "| Stage | Estimate |" + (" Actual |" if actual is not None else ""),
         "|---|---|" + ("---|" if actual else ""),

@@ -614,6 +614,7 @@ def _estimate(cfg: RunConfig, configs: dict, pending: list, run: Path) -> dict[s
     """Measure this machine briefly, print what each pending stage should take (and, for a
     run of over an hour, what ``--quick`` takes), and keep the figures in ``estimates.json``."""
     from . import estimate
+    from .report.tables import hms
 
     log.info("estimating the run's time on this machine (a short measurement of its models)...")
     quick = build(RunConfig, merge_dicts({k: v for k, v in asdict(cfg).items() if k != "out"}, QUICK), {})
@@ -629,8 +630,8 @@ def _estimate(cfg: RunConfig, configs: dict, pending: list, run: Path) -> dict[s
         log.warning(
             "this run should take about %s here (more than an hour); `lightreasoner run --quick` checks "
             "every stage in about %s. Stop it with Ctrl-C at any time: the same command resumes it.",
-            estimate.hms(total),
-            estimate.hms(q),
+            hms(total),
+            hms(q),
         )
     path = run / estimate.ESTIMATES_FILE
     saved = json.loads(path.read_text()) if path.exists() else {}

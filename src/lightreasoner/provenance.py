@@ -26,20 +26,25 @@ from .io import atomic_write_json
 PROVENANCE_FILE = "provenance.json"
 
 
-def cpu_name() -> str:
-    """The processor's model name and core count (``/proc/cpuinfo``), with its native bf16
-    and AMX flags, e.g. ``AMD EPYC x 2 (avx512_bf16)``."""
-    cpu = platform.processor() or platform.machine()
+def _cpuinfo() -> list[str]:
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return cpu
-    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+        return []
+
+
+def cpu_model() -> str:
+    """The processor's model name and core count (``/proc/cpuinfo``), e.g. ``AMD EPYC x 2``."""
+    names = [ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")]
+    return f"{names[0]} x {len(names)}" if names else platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """:func:`cpu_model` with the processor's native bf16 and AMX flags, e.g.
+    ``AMD EPYC x 2 (avx512_bf16)``."""
+    flags = next((ln.split(":", 1)[1].split() for ln in _cpuinfo() if ln.startswith("flags")), [])
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    if names:
-        cpu = f"{names[0]} x {len(names)}"
-    return cpu + (f" ({', '.join(native)})" if native else " (no native bf16)")
+    return cpu_model() + (f" ({', '.join(native)})" if native else " (no native bf16)")
 
 
 def code_commit(path: str | Path | None = None) -> str:

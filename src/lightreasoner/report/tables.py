@@ -55,17 +55,8 @@ def hardware(cfg: RunConfig) -> dict[str, str]:
     from ..models import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = f"{names[0]} x {len(names)}" if names else cpu
-    except OSError:
-        pass
-    out = {"device": str(device), "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."), "cpu": cpu}
+    dtype = str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
+    out = {"device": str(device), "dtype": dtype, "cpu": provenance.cpu_model()}
     if device.type == "cuda":
         import torch
 
