@@ -11,16 +11,14 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 import tempfile
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import yaml
 
 from lightreasoner.config import RunConfig, build
-from lightreasoner.pipeline import arm_settings, load_run_config, plan_stages, stage_configs
+from lightreasoner.pipeline import arm_settings, load_run_config, plan_stages, stage_configs, stage_file
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden" / "stage_plans.json"
@@ -64,13 +62,6 @@ def make_legacy(root: Path) -> None:
     (root / "runs/legacy/samples.jsonl").write_text("")
 
 
-def stage_text(stage, sc) -> tuple[str, str]:
-    """The name and text of the config file ``run`` writes for a stage (under ``RUN/stages``)."""
-    values = {k: v for k, v in asdict(sc).items() if v is not None}
-    name = f"{stage.command}-{re.sub(r'[^A-Za-z0-9@._-]+', '-', stage.name)}.yaml"
-    return name, yaml.safe_dump({stage.command: values}, sort_keys=False)
-
-
 def _value(v):
     """``v`` with infinite floats as their repr (JSON has none)."""
     if isinstance(v, dict):
@@ -85,8 +76,8 @@ def plan(cfg: RunConfig) -> dict:
     for stage, sc in plan_stages(configs):
         row = {"name": stage.name, "command": stage.command, "distributed": stage.distributed}
         row["arm"] = stage.arm.id if stage.arm else None
-        if is_dataclass(sc):
-            row["file"], text = stage_text(stage, sc)
+        if stage.command:
+            row["file"], text = stage_file(stage, sc)
             row["sha256"] = hashlib.sha256(text.encode()).hexdigest()
         else:  # the selection: a filter over a pool
             row["selection"] = selection(sc, configs)

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import yaml
-from stage_plans import GOLDEN, REPO, all_plans, stage_text
+from stage_plans import GOLDEN, REPO, all_plans
 
 from lightreasoner.config import RunConfig, build
-from lightreasoner.pipeline import plan_stages, stage_configs
+from lightreasoner.pipeline import plan_stages, stage_configs, stage_file
 
 
 def test_every_pinned_config_plans_the_same_stages():
@@ -28,5 +28,5 @@ def test_the_default_run_gets_the_stage_files_it_holds(monkeypatch):
     cfg = build(RunConfig, yaml.safe_load((run / "config.yaml").read_text()), {})
     held = {p.name: p.read_text() for p in (run / "stages").glob("*.yaml")}
     assert held
-    made = dict(stage_text(stage, sc) for stage, sc in plan_stages(stage_configs(cfg)) if stage.command)
+    made = dict(stage_file(stage, sc) for stage, sc in plan_stages(stage_configs(cfg)) if stage.command)
     assert {k: made[k] for k in held} == held

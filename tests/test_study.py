@@ -12,7 +12,8 @@ from test_pipeline import png_size, tiny_run
 
 from lightreasoner.config import SampleConfig, build
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import arm_settings, plan_arms, run_experiment, stage_configs
+from lightreasoner.methods import arm_settings, plan_arms, stage_configs
+from lightreasoner.pipeline import run_experiment
 from lightreasoner.records import read_records
 from lightreasoner.sampling import sample, select_from_pool
 

@@ -306,6 +306,11 @@ class RunConfig(ModelOptions):
     )
     effect_positions: int = opt(96, "adapter effect check: completion tokens per problem")
 
+    @property
+    def beta(self) -> float:
+        """β of the LightReasoner arms' selection: ``sample: beta``, or sampling's default."""
+        return _coerce(SampleConfig, "beta", self.sample.get("beta", SampleConfig.beta), "run config, section 'sample'")
+
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
@@ -417,8 +422,7 @@ def check_report_to(value: Any, where: str) -> None:
     if missing:
         install = " ".join(REPORT_TO_PACKAGES.get(n, n) for n in missing)
         raise LightReasonerError(
-            f"{where}: report_to {', '.join(missing)}: not installed (pip install {install}), "
-            "or remove report_to"
+            f"{where}: report_to {', '.join(missing)}: not installed (pip install {install}), or remove report_to"
         )
 
 
