@@ -2,9 +2,10 @@
 
 Shared stages: the baseline evaluation, each amateur's evaluation (expertise-gap study),
 and per amateur one pool of expert trajectories scored at every step with both labels.
-Then each arm (``methods``) in its own folder ``RUN/arms/<arm>``: LightReasoner and its
-ablations select their records from the pool and fine-tune; SFT samples, grades and
-fine-tunes; contrastive decoding only evaluates. Each stage is skipped when its output is
+Then each arm (``methods``) in its own folder ``RUN/arms/<arm>``, with the stages its kind's
+builder plans (:mod:`lightreasoner.methods`): LightReasoner and its ablations select their
+records from the pool and fine-tune; SFT samples, grades and fine-tunes; contrastive
+decoding only evaluates. Each stage is skipped when its output is
 already complete, so an interrupted run resumes where it stopped (sampling and
 evaluation also resume inside the stage), and arms added later redo nothing finished.
 """
