@@ -422,7 +422,8 @@ def check_report_to(value: Any, where: str) -> None:
     if missing:
         install = " ".join(REPORT_TO_PACKAGES.get(n, n) for n in missing)
         raise LightReasonerError(
-            f"{where}: report_to {', '.join(missing)}: not installed (pip install {install}), or remove report_to"
+            f"{where}: report_to {', '.join(missing)}: not installed (pip install {install}), "
+            "or remove report_to"
         )
 
 
