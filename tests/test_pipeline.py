@@ -9,17 +9,8 @@ import pytest
 from lightreasoner.cli import main
 from lightreasoner.config import RunConfig, build
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import (
-    METHODS,
-    QUICK,
-    all_amateurs,
-    check_disjoint,
-    default_config,
-    load_run_config,
-    plan_arms,
-    run_experiment,
-    split_list,
-)
+from lightreasoner.methods import METHODS, all_amateurs, plan_arms, split_list
+from lightreasoner.pipeline import QUICK, check_disjoint, default_config, load_run_config, run_experiment
 
 
 def tiny_run(pair, out, **over):

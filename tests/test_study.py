@@ -10,9 +10,10 @@ import tiny
 import yaml
 from test_pipeline import png_size, tiny_run
 
-from lightreasoner.config import SampleConfig, build
+from lightreasoner.config import RunConfig, SampleConfig, build
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.pipeline import arm_settings, plan_arms, run_experiment, stage_configs
+from lightreasoner.methods import arm_settings, plan_arms, stage_configs
+from lightreasoner.pipeline import run_experiment
 from lightreasoner.records import read_records
 from lightreasoner.sampling import sample, select_from_pool
 
@@ -232,6 +233,13 @@ def test_arm_sections_are_checked(pair, tmp_path):
     by_method = {a.method: a for a in plan_arms(cfg, run)}
     assert arm_settings(cfg, by_method["sft"])["sft"] == {"batch_size": 4}
     assert arm_settings(cfg, by_method["cd"])["cd"] == {}
+
+
+def test_the_run_beta_is_the_sample_sections():
+    assert RunConfig().beta == SampleConfig.beta
+    assert RunConfig(sample={"beta": "-inf"}).beta == -math.inf and RunConfig(sample={"beta": 1}).beta == 1.0
+    with pytest.raises(LightReasonerError, match=r"section 'sample': option 'beta' expects float"):
+        RunConfig(sample={"beta": "high"}).beta  # noqa: B018
 
 
 def test_arm_folders_are_checked_before_any_stage(pair, tmp_path, caplog):

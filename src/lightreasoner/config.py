@@ -306,6 +306,11 @@ class RunConfig(ModelOptions):
     )
     effect_positions: int = opt(96, "adapter effect check: completion tokens per problem")
 
+    @property
+    def beta(self) -> float:
+        """β of the LightReasoner arms' selection: ``sample: beta``, or sampling's default."""
+        return _coerce(SampleConfig, "beta", self.sample.get("beta", SampleConfig.beta), "run config, section 'sample'")
+
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)

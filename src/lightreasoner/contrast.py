@@ -36,7 +36,9 @@ def plausible_mask(p_expert: torch.Tensor, alpha: float) -> torch.Tensor:
 def select_steps(kl: torch.Tensor, beta: float) -> torch.Tensor:
     """Informative step selection: keep steps with KL ≥ β. ``[...]`` → bool ``[...]``.
 
-    ``beta = -inf`` keeps every step (the "w/o Select" ablation).
+    ``beta = -inf`` keeps every step (the "w/o Select" ablation). The one place the rule is
+    applied: by sampling (``sampling.label_steps``) and by the selection from a pool
+    (``sampling.select_from_pool``, on the pool's float32 KLs).
     """
     return kl >= beta
 

@@ -2,9 +2,10 @@
 
 Shared stages: the baseline evaluation, each amateur's evaluation (expertise-gap study),
 and per amateur one pool of expert trajectories scored at every step with both labels.
-Then each arm (``methods``) in its own folder ``RUN/arms/<arm>``: LightReasoner and its
-ablations select their records from the pool and fine-tune; SFT samples, grades and
-fine-tunes; contrastive decoding only evaluates. Each stage is skipped when its output is
+Then each arm (``methods``) in its own folder ``RUN/arms/<arm>``, with the stages its kind's
+builder plans (:mod:`lightreasoner.methods`): LightReasoner and its ablations select their
+records from the pool and fine-tune; SFT samples, grades and fine-tunes; contrastive
+decoding only evaluates. Each stage is skipped when its output is
 already complete, so an interrupted run resumes where it stopped (sampling and
 evaluation also resume inside the stage), and arms added later redo nothing finished.
 """
@@ -14,34 +15,22 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from . import provenance
-from .config import (
-    SMOKE_TEST_NOTE,
-    EffectConfig,
-    EvalConfig,
-    LoraOptions,
-    RunConfig,
-    SampleConfig,
-    SFTConfig,
-    TrainConfig,
-    build,
-    default_config,
-    read_yaml,
-)
+from .config import SMOKE_TEST_NOTE, RunConfig, build, default_config, read_yaml
 from .errors import LightReasonerError
 from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors, setting_changes
-from .precision import EFFECT_FILE
+from .methods import KINDS, Arm, Stage, arm_settings, kind_of, stage_configs
+from .methods.base import summary_exists
+from .methods.lightr import PER_ARM_SAMPLE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +47,6 @@ QUICK = {
     "effect_positions": 16,
 }
 """Overrides of ``--quick``: a smoke test of every stage in a few minutes."""
-
 
 
 def merge_dicts(base: dict, over: dict) -> dict:
@@ -98,15 +86,6 @@ def load_run_config(path: str | None, flags: dict, quick: bool) -> RunConfig:
     return build(RunConfig, values, flags, source=path or "default config")
 
 
-@dataclass
-class Stage:
-    name: str
-    command: str  # the lightreasoner subcommand that runs it
-    done: Callable[[], bool]
-    distributed: bool = True  # started through accelerate when the run has several processes
-    arm: Arm | None = None  # the arm it belongs to (None: shared by every arm)
-
-
 def stage_command(cfg: RunConfig, stage: Stage, config_file: Path, quiet: bool) -> list[str]:
     """The command line of one stage: ``python -m lightreasoner CMD --config FILE``, through
     ``accelerate launch`` when the run asks for several processes or an accelerate config."""
@@ -142,13 +121,20 @@ KILLED_HINT = (
 )
 
 
+def stage_file(stage: Stage, stage_cfg) -> tuple[str, str]:
+    """The name and the text of the config file a stage is given (in ``RUN/stages``)."""
+    values = {k: v for k, v in asdict(stage_cfg).items() if v is not None}
+    name = f"{stage.command}-{re.sub(r'[^A-Za-z0-9@._-]+', '-', stage.name)}.yaml"
+    return name, yaml.safe_dump({stage.command: values}, sort_keys=False)
+
+
 def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -> None:
     """Run one stage in its own process (so its memory, GPU memory and engines are gone
     when it ends); a failure stops the run with the stage's name and exit status."""
-    config_file = run / "stages" / f"{stage.command}-{re.sub(r'[^A-Za-z0-9@._-]+', '-', stage.name)}.yaml"
+    name, text = stage_file(stage, stage_cfg)
+    config_file = run / "stages" / name
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    values = {k: v for k, v in asdict(stage_cfg).items() if v is not None}
-    atomic_write_text(config_file, yaml.safe_dump({stage.command: values}, sort_keys=False))
+    atomic_write_text(config_file, text)
     cmd = stage_command(cfg, stage, config_file, quiet)
     log.info("[%s] %s", stage.name, " ".join(cmd))
     code = subprocess.call(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -158,240 +144,6 @@ def run_stage(cfg: RunConfig, stage: Stage, stage_cfg, run: Path, quiet: bool) -
             + (KILLED_HINT if code in (-9, 137) else "")
             + "Fix the cause and run the same command again: finished stages and finished work are kept."
         )
-
-
-@dataclass(frozen=True)
-class Method:
-    """One arm's recipe: ``kind`` lightr (sample, select, train), sft or cd (decoding only)."""
-
-    label: str
-    kind: str
-    select: bool = True
-    contrast: bool = True
-
-
-METHODS = {
-    "lightr": Method("+ LightR", "lightr"),
-    "lightr-no-select": Method("+ LightR w/o Select", "lightr", select=False),
-    "lightr-no-contrast": Method("+ LightR w/o Contrast", "lightr", contrast=False),
-    "lightr-no-select-no-contrast": Method("+ LightR w/o Select & Contrast", "lightr", select=False, contrast=False),
-    "sft": Method("+ SFT", "sft"),
-    "cd": Method("+ CD", "cd"),
-}
-"""The arms a run can have. Without Select every step is trained on (β = -inf); without
-Contrast the label is the expert's own renormalised distribution; with neither, the
-amateur plays no part. Extra amateurs get LightReasoner arms only."""
-
-
-@dataclass
-class Arm:
-    """One method with one amateur, in its own folder (``RUN/arms/<id>``)."""
-
-    id: str
-    method: str
-    amateur: str | None
-    dir: Path
-    label: str
-    legacy: bool = False  # the lightr arm of a run made before arms: its files sit in the run folder
-
-    @property
-    def samples(self) -> Path:
-        return self.dir / "samples.jsonl"
-
-    @property
-    def adapter(self) -> Path:
-        return self.dir / "adapter"
-
-    @property
-    def eval(self) -> Path:
-        return self.dir / ("eval/tuned" if self.legacy else "eval")
-
-
-def split_list(value: str | None) -> list[str]:
-    return [] if not value else [v.strip() for v in str(value).split(",") if v.strip()]
-
-
-def amateur_tag(model: str) -> str:
-    """A folder-safe short name of a model: ``embedded:Qwen2.5-0.5B`` → ``Qwen2.5-0.5B``."""
-    name = Path(model.split(":", 1)[-1].rstrip("/")).name
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "amateur"
-
-
-def all_amateurs(cfg: RunConfig) -> list[str]:
-    """The run's amateur, then the gap study's others; their short names must differ."""
-    models = [cfg.amateur, *(a for a in split_list(cfg.amateurs) if a != cfg.amateur)]
-    tags = [amateur_tag(m) for m in models]
-    if len(set(tags)) != len(tags):
-        raise LightReasonerError(f"amateurs: two amateurs share a folder name ({', '.join(tags)}); rename one")
-    return models
-
-
-def plan_arms(cfg: RunConfig, run: Path) -> list[Arm]:
-    """Every arm of the run, in the order of ``methods``. Every method runs with the run's
-    amateur; LightReasoner also runs with each extra amateur (the expertise-gap study)."""
-    methods = split_list(cfg.methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise LightReasonerError(
-            f"methods: unknown {', '.join(map(repr, unknown)) or '(none given)'} (known: {', '.join(METHODS)})"
-        )
-    legacy = any((run / p).exists() for p in ("samples.jsonl", "samples.jsonl.progress", "adapter", "eval/tuned"))
-    amateurs = all_amateurs(cfg)
-    arms = []
-    for m in dict.fromkeys(methods):
-        spec = METHODS[m]
-        for i, a in enumerate(amateurs if m == "lightr" else [cfg.amateur]):
-            arm_id = m if i == 0 else f"{m}@{amateur_tag(a)}"
-            label = spec.label if i == 0 else f"{spec.label} ({amateur_tag(a)})"
-            old = legacy and arm_id == "lightr"
-            arms.append(Arm(arm_id, m, a, run if old else run / "arms" / arm_id, label, old))
-    return arms
-
-
-def stage_configs(cfg: RunConfig) -> dict:
-    """The config of every stage, built from the run config and its sections: ``baseline``,
-    ``amateurs`` (tag → eval), ``pools`` (tag → sampling of every step), and ``arms``
-    (id → {"arm", "train"/"sft", "eval"})."""
-    run = Path(cfg.out)
-    common = {
-        "dtype": cfg.dtype,
-        "device": cfg.device,
-        "allow_pickle": cfg.allow_pickle,
-        "trust_remote_code": cfg.trust_remote_code,
-    }
-    eval_common = {
-        **common,
-        "benchmarks": cfg.benchmarks,
-        "data_dir": cfg.data_dir,
-        "limit": cfg.eval_limit,
-        "seed": cfg.eval_seed,
-        "max_new_tokens": cfg.eval_max_new_tokens,
-        "batch_size": cfg.eval_batch_size,
-        **cfg.eval,
-    }
-
-    def evaluation(out: Path, name: str, **over) -> EvalConfig:
-        return build(EvalConfig, {**eval_common, "out": str(out), "name": name, **over}, {}, "run config, 'eval'")
-
-    per_arm = sorted(set(PER_ARM_SAMPLE_KEYS) & set(cfg.sample))
-    if per_arm:
-        raise LightReasonerError(
-            f"run config, section 'sample': {', '.join(per_arm)} is set by each arm's method; "
-            "list the ablations under methods: instead (e.g. lightr-no-contrast)"
-        )
-    own = sorted({"model", "contrastive_amateur", "adapter", "out", "name", "backend"} & set(cfg.cd))
-    if own:
-        raise LightReasonerError(f"run config, section 'cd': {', '.join(own)} is set by the run, not by 'cd'")
-    sample_section = {k: v for k, v in cfg.sample.items() if k != "beta"}
-    beta = build(SampleConfig, {**cfg.sample, "expert": "-", "amateur": "-", "data": "-", "out": "-"}, {}).beta
-    pools = {
-        amateur_tag(a): build(
-            SampleConfig,
-            {
-                **common,
-                "expert": cfg.expert,
-                "amateur": a,
-                "data": cfg.data,
-                "out": str(run / "trajectories" / amateur_tag(a) / "samples.jsonl"),
-                "question_field": cfg.question_field,
-                "max_problems": cfg.max_problems,
-                "seed": cfg.seed,
-                **sample_section,
-                "beta": -math.inf,
-                "expert_weights": True,
-            },
-            {},
-            source="run config, section 'sample'",
-        )
-        for a in all_amateurs(cfg)
-    }
-    amateur_evals = {}
-    if len(pools) > 1:  # the expertise-gap study: each amateur on the same test problems
-        amateur_evals = {
-            tag: evaluation(run / "eval" / f"amateur-{tag}", f"Amateur {tag}", model=a)
-            for tag, a in zip(pools, all_amateurs(cfg))
-        }
-    train_only = {f.name for f in fields(TrainConfig)} - {f.name for f in fields(LoraOptions)}
-    sft_inherits = {k: v for k, v in cfg.train.items() if k not in train_only}
-    if {"epochs", "max_steps"} & set(cfg.sft):  # SFT's own length replaces LightReasoner's
-        sft_inherits = {k: v for k, v in sft_inherits.items() if k not in ("epochs", "max_steps")}
-    arms = {}
-    for arm in plan_arms(cfg, run):
-        spec = METHODS[arm.method]
-        entry: dict = {"arm": arm}
-        if spec.kind == "lightr":
-            entry["pool"] = amateur_tag(arm.amateur)
-            entry["beta"] = beta if spec.select else -math.inf
-            entry["contrast"] = spec.contrast
-            entry["train"] = build(
-                TrainConfig,
-                {
-                    **common,
-                    "model": cfg.expert,
-                    "samples": str(arm.samples),
-                    "output_dir": str(arm.adapter),
-                    "resume": True,  # continue from the last checkpoint of an interrupted run
-                    **cfg.train,
-                },
-                {},
-                source="run config, section 'train'",
-            )
-        elif spec.kind == "sft":
-            entry["sft"] = build(
-                SFTConfig,
-                {
-                    **common,
-                    "model": cfg.expert,
-                    "data": cfg.data,
-                    "question_field": cfg.question_field,
-                    "max_problems": cfg.max_problems,
-                    "data_seed": cfg.seed,
-                    "output_dir": str(arm.adapter),
-                    "resume": True,
-                    **sft_inherits,
-                    **cfg.sft,
-                },
-                {},
-                source="run config, section 'sft'",
-            )
-        if spec.kind == "cd":
-            cd = {"backend": "hf", **cfg.cd}  # contrastive decoding is an HF-backend decoder
-            entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, contrastive_amateur=arm.amateur, **cd)
-        elif arm.legacy and (run / "merged" / "config.json").exists():
-            entry["eval"] = evaluation(arm.eval, arm.label, model=str(run / "merged"))
-        else:  # base + adapter: merged in memory in float32, unmerged in bf16/fp16 (as vLLM)
-            entry["eval"] = evaluation(arm.eval, arm.label, model=cfg.expert, adapter=str(arm.adapter))
-            if cfg.effect_problems and not arm.legacy:
-                entry["effect"] = build(
-                    EffectConfig,
-                    {
-                        **common,
-                        "model": cfg.expert,
-                        "adapter": str(arm.adapter),
-                        "completions": str(run / "eval" / "baseline"),
-                        "out": str(arm.dir / EFFECT_FILE),
-                        "problems": cfg.effect_problems,
-                        "positions": cfg.effect_positions,
-                        **({"system_prompt": cfg.eval["system_prompt"]} if "system_prompt" in cfg.eval else {}),
-                    },
-                    {},
-                    source="run config",
-                )
-        for kind in ("train", "sft"):  # refused before the first stage, not at fine-tuning
-            if kind in entry and cfg.num_processes > 1:
-                from .training import split_global_batch
-
-                try:
-                    split_global_batch(entry[kind].batch_size, entry[kind].grad_accum, cfg.num_processes)
-                except LightReasonerError as e:
-                    raise LightReasonerError(f"run config, section '{kind}', --num-processes: {e}") from None
-        arms[arm.id] = entry
-    return {
-        "baseline": evaluation(run / "eval" / "baseline", "Baseline", model=cfg.expert),
-        "amateurs": amateur_evals,
-        "pools": pools,
-        "arms": arms,
-    }
 
 
 def check_disjoint(cfg: RunConfig) -> int:
@@ -422,12 +174,10 @@ def check_disjoint(cfg: RunConfig) -> int:
 
 LAUNCH_FIELDS = ("num_processes", "accelerate_config", "launch")
 """Run options that change how stages start, not what they compute: a run may resume with others."""
-ARM_FIELDS = ("methods", "amateurs", "sft", "cd")
+ARM_FIELDS = ("methods", "amateurs", *(k.section for k in KINDS.values() if k.section))
 """Run options that add arms: a finished run may take more arms later. The settings of one
-arm (its method, amateur and ``sft``/``cd`` section) are checked by the arm (``arm.yaml``)."""
+arm (its method, amateur and its kind's section: ``sft``, ``cd``) are checked by the arm (``arm.yaml``)."""
 ARM_FILE = "arm.yaml"
-PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
-"""Sampling options each arm's method sets (Contrast; the pool's second label), not ``sample:``."""
 
 
 ENGINE_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_lora_rank")
@@ -435,12 +185,11 @@ NOT_RESULTS = {
     "": ("eval_batch_size", "estimate"),
     "sample": ("batch_size", "score_batch_size", *ENGINE_KEYS),
     "eval": ("batch_size", *ENGINE_KEYS),
-    "sft": ("sample_batch_size",),
-    "cd": ("batch_size",),
+    **{k.section: k.not_results for k in KINDS.values() if k.section},
 }
 """Options (top level, or keys of a section) that change how fast a stage runs or how it uses
 the hardware, not what it computes: a run resumes with other values. Training batch sizes are
-not among them (they set the global batch)."""
+not among them (they set the global batch). An arm kind's own section says its own (``ArmKind.not_results``)."""
 
 
 def results_settings(settings: dict) -> dict:
@@ -450,14 +199,6 @@ def results_settings(settings: dict) -> dict:
         if name and isinstance(out.get(name), dict):
             out[name] = {k: v for k, v in out[name].items() if k not in keys}
     return out
-
-
-def arm_settings(cfg: RunConfig, arm: Arm) -> dict:
-    """What an arm's results depend on beyond the run's shared settings."""
-    kind = METHODS[arm.method].kind
-    section = cfg.sft if kind == "sft" else cfg.cd if kind == "cd" else {}
-    own = {k: v for k, v in section.items() if k not in NOT_RESULTS.get(kind, ())}
-    return {"method": arm.method, "amateur": arm.amateur, kind: own}
 
 
 def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
@@ -560,44 +301,22 @@ def run_experiment(cfg: RunConfig, show_progress: bool = True) -> dict:
         return _run_locked(cfg, run, show_progress)
 
 
-def _summary_exists(folder: str | Path, name: str = "summary.json") -> Callable[[], bool]:
-    return lambda: (Path(folder) / name).exists()
-
-
 def plan_stages(configs: dict) -> list[tuple[Stage, object]]:
-    """Every stage in order, with its config: the shared ones (baseline, amateurs, a pool
-    of trajectories per amateur, only while an arm still needs it) before each arm's."""
-    from .sft import SFT_SUMMARY
-    from .training import TRAIN_SUMMARY
-
+    """Every stage in order, with its config: the baseline and the amateurs' evaluations,
+    then each arm's stages as its kind plans them; a shared stage an arm needs (a pool of
+    trajectories) comes once, before the first arm that needs it."""
     stages: list[tuple[Stage, object]] = [
-        (Stage("baseline evaluation", "eval", _summary_exists(configs["baseline"].out)), configs["baseline"])
+        (Stage("baseline evaluation", "eval", summary_exists(configs["baseline"].out)), configs["baseline"])
     ]
     for tag, ev in configs["amateurs"].items():
-        stages.append((Stage(f"amateur evaluation ({tag})", "eval", _summary_exists(ev.out)), ev))
-    pooled: set[str] = set()
-    for arm_id, entry in configs["arms"].items():
-        arm: Arm = entry["arm"]
-        legacy = arm.legacy
-        if "pool" in entry:
-            pool = configs["pools"][entry["pool"]]
-            if not arm.samples.exists() and entry["pool"] not in pooled:
-                pooled.add(entry["pool"])
-                name = f"trajectories ({entry['pool']})"
-                stages.append((Stage(name, "sample", lambda p=pool: Path(p.out).exists()), pool))
-            name = "selection" if legacy else f"{arm_id}: selection"
-            stages.append((Stage(name, "", lambda a=arm: a.samples.exists(), False, arm), entry))
-            name = "fine-tuning" if legacy else f"{arm_id}: fine-tuning"
-            done = _summary_exists(arm.adapter, TRAIN_SUMMARY)
-            stages.append((Stage(name, "train", done, arm=arm), entry["train"]))
-        if "sft" in entry:
-            name = f"{arm_id}: sampling and fine-tuning"
-            stages.append((Stage(name, "sft", _summary_exists(arm.adapter, SFT_SUMMARY), arm=arm), entry["sft"]))
-        name = "tuned evaluation" if legacy else f"{arm_id}: evaluation"
-        stages.append((Stage(name, "eval", _summary_exists(arm.eval), arm=arm), entry["eval"]))
-        if "effect" in entry:
-            done = lambda p=entry["effect"].out: Path(p).exists()  # noqa: E731
-            stages.append((Stage(f"{arm_id}: adapter effect", "effect", done, False, arm), entry["effect"]))
+        stages.append((Stage(f"amateur evaluation ({tag})", "eval", summary_exists(ev.out)), ev))
+    planned = {stage.name for stage, _ in stages}
+    for entry in configs["arms"].values():
+        for stage, stage_cfg in kind_of(entry["arm"].method).stages(entry, configs):
+            if stage.arm is None and stage.name in planned:
+                continue
+            planned.add(stage.name)
+            stages.append((stage, stage_cfg))
     return stages
 
 
@@ -641,7 +360,6 @@ def _estimate(cfg: RunConfig, configs: dict, pending: list, run: Path) -> dict[s
 
 def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
     from .report import write_report
-    from .sampling import select_from_pool
 
     resolved = asdict(cfg)
     _check_same_settings(run, resolved)
@@ -672,10 +390,8 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
         try:
             if stage.command:
                 run_stage(cfg, stage, stage_cfg, run, quiet=not show_progress)
-            else:  # selection: a filter over the pool's records, in this process
-                arm = stage_cfg["arm"]
-                pool = configs["pools"][stage_cfg["pool"]].out
-                select_from_pool(pool, arm.samples, stage_cfg["beta"], stage_cfg["contrast"])
+            else:  # a stage of the run's own process (a selection: a filter over a pool's records)
+                stage.work()
         except BaseException:
             record.finish(finished=False)
             raise

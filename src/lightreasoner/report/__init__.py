@@ -55,7 +55,7 @@ __all__ = [
 
 
 def write_report(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int = 0) -> dict:
-    """``configs``: the stage configs of :func:`lightreasoner.pipeline.stage_configs` (where outputs are)."""
+    """``configs``: the stage configs of :func:`lightreasoner.methods.stage_configs` (where outputs are)."""
     fig = gather(run, cfg, configs, timings, disjoint_checked)
     fig["verdicts"] = verdicts(fig)
     fig["plots"] = plot(run, fig)

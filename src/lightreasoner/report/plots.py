@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..evaluation.runner import display_name
+from ..methods import KINDS, METHODS
 from .diagnostics import plot_loss
 from .tables import ABLATIONS, hms
 
@@ -22,14 +23,13 @@ def stage_owner(stage: str) -> tuple[str, str]:
     return "shared", "sampling" if stage.startswith("trajectories") else "evaluation"
 
 
-KIND_COLORS = {
-    "sampling": "#2f6fb0",
-    "selection": "#8fb8de",
-    "fine-tuning": "#e08e45",
-    "sampling and fine-tuning": "#b5651d",
-    "merge": "#9aa5b1",
-    "evaluation": "#5a9e6f",
-}
+KIND_COLORS = {"sampling": "#2f6fb0", "merge": "#9aa5b1", "evaluation": "#5a9e6f"}
+"""The time plot's colours of what the shared stages do; each arm kind adds its own (``ArmKind.stage_colors``)."""
+
+
+def stage_colors() -> dict[str, str]:
+    """The time plot's colour of each kind of stage (what it does)."""
+    return {**KIND_COLORS, **{what: c for kind in KINDS.values() for what, c in kind.stage_colors.items()}}
 
 
 def plot(run: Path, fig: dict) -> list[str]:
@@ -101,7 +101,7 @@ def plot(run: Path, fig: dict) -> list[str]:
             [g - a["average"]["ci95"][0] for g, a in zip(gains, ablations)],
             [a["average"]["ci95"][1] - g for g, a in zip(gains, ablations)],
         ]
-        labels = [a["label"].replace("+ LightR ", "").replace("+ LightR", "LightR") for a in ablations]
+        labels = [METHODS[a["method"]].short for a in ablations]
         bars = ax.bar(labels, gains, yerr=err, capsize=4, color="#2f6fb0")
         ax.bar_label(bars, fmt="%+.1f", fontsize=8, padding=2)
         ax.axhline(0, color="black", linewidth=0.6)
@@ -144,6 +144,7 @@ def plot(run: Path, fig: dict) -> list[str]:
     for stage, secs in fig["stage_seconds"].items():
         row, kind = stage_owner(stage)
         owners.setdefault(row, []).append((kind, secs / 60))
+    colors = stage_colors()
     f, ax = plt.subplots(figsize=(7, 0.5 * len(owners) + 1.6))
     seen = set()
     for i, parts in enumerate(owners.values()):
@@ -151,7 +152,7 @@ def plot(run: Path, fig: dict) -> list[str]:
         for kind, minutes in parts:
             label = None if kind in seen else kind
             seen.add(kind)
-            ax.barh(i, minutes, left=left, color=KIND_COLORS.get(kind, "#777777"), label=label)
+            ax.barh(i, minutes, left=left, color=colors.get(kind, "#777777"), label=label)
             left += minutes
         ax.text(left, i, f" {hms(60 * left)}", va="center", fontsize=8)
     ax.set_yticks(range(len(owners)), list(owners))

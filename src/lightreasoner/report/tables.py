@@ -20,6 +20,7 @@ import yaml
 from .. import provenance
 from ..config import SMOKE_TEST_NOTE, RunConfig
 from ..evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
+from ..methods import KINDS, METHODS, kind_of
 from ..records import summary_path
 from ..stats import bootstrap_ci, paired_difference, verdict
 from .diagnostics import arm_diagnostics, markdown_lines
@@ -36,7 +37,8 @@ PACKAGES = (
     "safetensors",
     "gguf",
 )
-ABLATIONS = ("lightr", "lightr-no-select", "lightr-no-contrast", "lightr-no-select-no-contrast")
+ABLATIONS = tuple(KINDS["lightr"].methods)
+"""LightReasoner and its ablations, as the ablation table and plot list them."""
 
 
 def versions() -> dict[str, str]:
@@ -128,48 +130,12 @@ def accuracy_ci(folder: str | Path, names: list[str]) -> dict:
 
 def efficiency(entry: dict, arm_fig: dict) -> dict | None:
     """Total time = sampling + fine-tuning (seconds inside the stages, model loading excluded),
-    sampled problems and tuned tokens of a trained arm."""
-    from ..sft import SFT_SUMMARY
-    from ..training import TRAIN_SUMMARY
-
-    arm = entry["arm"]
-    if "train" in entry:
-        samples = json.loads(summary_path(arm.samples).read_text())
-        train = json.loads((arm.adapter / TRAIN_SUMMARY).read_text())
-        sampling, tuning = samples["generation_seconds"] + samples["scoring_seconds"], train["seconds"]
-        with arm.samples.open(encoding="utf-8") as lines:  # problems with at least one selected step
-            trained_on = len({json.loads(line)["problem_index"] for line in lines if line.strip()})
-        out = {
-            "sampled_problems": trained_on,
-            "problems_attempted": samples["problems"],
-            "tuned_tokens": train["tuned_tokens"],
-            "optimizer_steps": train["optimizer_steps"],
-            "train_loss": train["train_loss"],
-            "sft_tokens_same_trajectories": samples["trajectory_tokens"],
-        }
-    elif "sft" in entry:
-        s = json.loads((arm.adapter / SFT_SUMMARY).read_text())
-        sampling, tuning = s["sampling_seconds"], s["fine_tuning_seconds"]
-        out = {
-            k: s[k]
-            for k in (
-                "sampled_problems",
-                "problems_attempted",
-                "tuned_tokens",
-                "optimizer_steps",
-                "train_loss",
-                "samples",
-                "correct",
-                "acceptance_rate",
-                "kept_solutions",
-            )
-        }
-    else:
+    sampled problems and tuned tokens of a trained arm (its kind's figures); ``None``: not trained."""
+    out = kind_of(entry["arm"].method).efficiency(entry)
+    if out is None:
         return None
     return {
-        "total_seconds": sampling + tuning,
-        "sampling_seconds": sampling,
-        "fine_tuning_seconds": tuning,
+        "total_seconds": out["sampling_seconds"] + out["fine_tuning_seconds"],
         **out,
         "average_gain": arm_fig["average"]["delta"],
         "average_gain_ci95": arm_fig["average"]["ci95"],
@@ -347,7 +313,8 @@ def ablation_table(fig: dict) -> str:
         a = fig["arms"].get(a_id)
         if a is None:
             continue
-        select, contrast = "no-select" not in a_id, "no-contrast" not in a_id
+        variant = METHODS[a_id].options
+        select, contrast = variant.get("select", True), variant.get("contrast", True)
         lines.append(
             f"| {a['label']} | {'✓' if select else '✗'} | {'✓' if contrast else '✗'} | "
             + " | ".join(f"{a['results'][n]['accuracy']:.1f}" for n in names)
@@ -423,17 +390,8 @@ def markdown(fig: dict) -> str:
             "tokens that received a loss.",
         ]
         for a in fig["arms"].values():
-            e = a["efficiency"]
-            if e and "acceptance_rate" in e:
-                lines.append(
-                    f"{a['label']}: {e['samples']} solutions sampled, {e['correct']} correct "
-                    f"(acceptance {100 * e['acceptance_rate']:.1f}%), {e['kept_solutions']} kept."
-                )
-            elif e:
-                lines.append(
-                    f"{a['label']}: {e['optimizer_steps']} optimizer steps, mean loss {e['train_loss']:.4f}; SFT on "
-                    f"the same trajectories would tune all {e['sft_tokens_same_trajectories']:,} of their tokens."
-                )
+            note = a["efficiency"] and kind_of(a["method"]).efficiency_note(a["label"], a["efficiency"])
+            lines += [note] if note else []
     if sum(a in fig["arms"] for a in ABLATIONS) > 1:
         lines += ["", "## Ablations", "", ablation_table(fig), "", "![ablations](ablations.png)"]
     if fig["amateurs"]:
