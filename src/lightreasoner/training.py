@@ -40,6 +40,7 @@ from .config import LoraOptions, TrainConfig, installed_name, trainer_arg_names
 from .contrast import soft_label_kl
 from .distributed import is_main, main_lock, rank_and_world, single_device_warning, timeout_s
 from .errors import LightReasonerError
+from .files import TRAIN_SUMMARY
 from .io import atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
@@ -47,7 +48,6 @@ from .records import SoftLabelRecord, read_records
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-TRAIN_SUMMARY = "train_summary.json"
 
 
 @dataclass
