@@ -51,7 +51,7 @@ from ..models import (
     resolve_source,
 )
 from ..prompts import build_prompt
-from ..records import RUNTIME, changed_fields
+from ..records import RUNTIME, check_resume_fingerprint
 from ..report.summaries import markdown_table
 from .benchmarks import get_benchmark, grade_completion, load_items
 from .generation import Contrastive, HFGenerator, VLLMGenerator, check_launch, choose_backend, vllm_obstacles
@@ -124,12 +124,13 @@ def check_fingerprint(out: Path, fp: dict, overwrite: bool) -> None:
             before = json.loads(path.read_text())
         except ValueError:
             raise LightReasonerError(f"{path}: unreadable; pass --overwrite to evaluate again") from None
-        changed = changed_fields(before, fp, str(out))
-        if changed:
-            raise LightReasonerError(
-                f"{out} holds an evaluation made with other inputs or settings "
-                f"(changed: {', '.join(changed)}); choose another --out or pass --overwrite"
-            )
+        check_resume_fingerprint(
+            before,
+            fp,
+            str(out),
+            f"{out} holds an evaluation made with other inputs or settings",
+            "choose another --out or pass --overwrite",
+        )
     elif any(out.glob("*.jsonl")):
         raise LightReasonerError(
             f"{out} holds per-problem results of unknown origin; choose another --out or pass --overwrite"
