@@ -17,7 +17,8 @@ from conftest import kill_env
 
 from lightreasoner.data import Problem
 from lightreasoner.distributed import rank_groups, work_groups
-from lightreasoner.records import RUNTIME, ResumableWriter, changed_fields, read_records
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.records import RUNTIME, ResumableWriter, check_resume_fingerprint, read_records
 from lightreasoner.sft import groups_to_target
 
 # ---------------------------------------------------------------- the units themselves
@@ -92,14 +93,19 @@ def test_a_group_is_on_disk_whole_or_not_at_all(tmp_path):
     assert [(r.problem_index, r.step) for r in read_records(out)] == [(0, 1), (0, 2), (2, 1), (3, 1)]
 
 
+def resume_check(before: dict, now: dict, where: str) -> None:
+    check_resume_fingerprint(before, now, where, f"{where}: refused", "advice")
+
+
 def test_a_resume_with_other_threads_or_batch_sizes_warns_and_continues(tmp_path, caplog):
     fp = {"beta": "0.4", RUNTIME: {"threads_per_process": 2, "batch_size": 16}}
     other = {"beta": "0.4", RUNTIME: {"threads_per_process": 1, "batch_size": 16}}
     with caplog.at_level(logging.WARNING, logger="lightreasoner.records"):
-        assert changed_fields(fp, other, "s.jsonl") == []
+        resume_check(fp, other, "s.jsonl")
     assert "threads_per_process: 2 -> 1" in caplog.text and "OMP_NUM_THREADS" in caplog.text
-    assert changed_fields({"beta": "0.4"}, other, "s.jsonl") == []  # made before the section existed
-    assert changed_fields(fp, {**other, "beta": "0.5"}, "s.jsonl") == ["beta"]
+    resume_check({"beta": "0.4"}, other, "s.jsonl")  # made before the section existed
+    with pytest.raises(LightReasonerError, match=r"s.jsonl: refused \(changed: beta\); advice"):
+        resume_check(fp, {**other, "beta": "0.5"}, "s.jsonl")
     out = tmp_path / "s.jsonl"
     ResumableWriter(out, fp).commit(0, [_rec(0, 1)], {})
     caplog.clear()
@@ -115,11 +121,12 @@ def test_a_resume_with_other_threads_or_batch_sizes_warns_and_continues(tmp_path
 def test_an_output_begun_with_the_earlier_cut_goes_on_in_even_groups(caplog):
     now = {"beta": "0.4", "group_size": 64, "group_cut": "even"}
     with caplog.at_level(logging.WARNING, logger="lightreasoner.records"):
-        assert changed_fields({"beta": "0.4", "group_size": 64}, now, "s.jsonl") == []
-        assert changed_fields({"beta": "0.4"}, now, "t.jsonl") == []  # made before groups existed
+        resume_check({"beta": "0.4", "group_size": 64}, now, "s.jsonl")
+        resume_check({"beta": "0.4"}, now, "t.jsonl")  # made before groups existed
     assert "s.jsonl was begun with groups cut full first" in caplog.text
     assert caplog.text.count("t.jsonl") == 1 and "even groups of at most 64" in caplog.text
-    assert changed_fields({"beta": "0.4", "group_size": 32, "group_cut": "even"}, now, "s.jsonl") == ["group_size"]
+    with pytest.raises(LightReasonerError, match=r"\(changed: group_size\)"):
+        resume_check({"beta": "0.4", "group_size": 32, "group_cut": "even"}, now, "s.jsonl")
 
 
 def test_eval_commits_each_unit_whole_and_in_order():

@@ -137,7 +137,8 @@ def cmd_effect(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.runner import evaluate, markdown_table
+    from .evaluation.runner import evaluate
+    from .report.summaries import markdown_table
 
     cfg = load_config(EvalConfig, args, "eval")
     summary = evaluate(cfg, show_progress=not args.quiet)
@@ -158,7 +159,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluation.runner import load_summary, markdown_table, significance_table
+    from .report.summaries import load_summary, markdown_table, significance_table
 
     summaries = [load_summary(r) for r in args.runs]
     print(markdown_table(summaries, deltas=True))

@@ -7,9 +7,10 @@
 - :class:`OutputLock`: one writer per output; a second one stops at once, naming the holder;
   the lock of a killed job is taken over (its process is gone from this host, or, on any
   host, it has not been refreshed for 5 minutes).
-- :func:`file_fingerprint` / :func:`model_fingerprint` / :func:`fingerprint_diff` /
-  :func:`setting_changes`: what an output was made from, so a resume with other inputs is
-  refused with the fields (and, for settings, the old and new values) named.
+- :func:`file_fingerprint` / :func:`model_fingerprint`: what an output was made from;
+  :func:`check_same_settings`: the one "did the settings change" check, which refuses to
+  resume or reuse an output made with other inputs, naming the fields (and, for settings,
+  the old and new values).
 - :func:`friendly_os_errors`: a full disk or a missing permission becomes a one-paragraph
   message naming the file, not a traceback.
 """
@@ -26,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -315,6 +316,26 @@ def model_fingerprint(spec: str | None) -> dict | str | None:
         "path": str(path.resolve()),
         "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
     }
+
+
+def check_same_settings(
+    before: dict, now: dict, refusal: str, advice: str, ignore: Collection[str] = (), values: bool = False
+) -> None:
+    """Refuse to resume or reuse an output made with other inputs or settings: raise
+    ``"{refusal} ({what changed}); {advice}"`` when ``before`` (what the output was made with)
+    and ``now`` differ outside the top-level keys ``ignore``.
+
+    What changed is ``changed: a, b`` (the top-level fields: for fingerprints, a field missing
+    on one side counts as None), or with ``values`` every changed setting as ``key: old -> new``
+    (nested sections by dotted key, a missing one ``(unset)``)."""
+    before, now = ({k: v for k, v in d.items() if k not in ignore} for d in (before, now))
+    if values:
+        changes = "; ".join(setting_changes(before, now))
+    else:
+        changes = ", ".join(fingerprint_diff(before, now))
+        changes = changes and f"changed: {changes}"
+    if changes:
+        raise LightReasonerError(f"{refusal} ({changes}); {advice}")
 
 
 def fingerprint_diff(old: dict, new: dict) -> list[str]:

@@ -27,7 +27,7 @@ import yaml
 from . import provenance
 from .config import SMOKE_TEST_NOTE, RunConfig, build, default_config, read_yaml
 from .errors import LightReasonerError
-from .io import OutputLock, atomic_write_json, atomic_write_text, friendly_os_errors, setting_changes
+from .io import OutputLock, atomic_write_json, atomic_write_text, check_same_settings, friendly_os_errors
 from .methods import KINDS, Arm, Stage, arm_settings, kind_of, stage_configs
 from .methods.base import summary_exists
 from .methods.lightr import PER_ARM_SAMPLE_KEYS
@@ -211,12 +211,13 @@ def _check_arm_settings(cfg: RunConfig, arms: list[Arm]) -> None:
         if not path.exists():
             log.warning("%s has no %s (made by an earlier version): its settings cannot be checked", arm.dir, ARM_FILE)
         else:
-            before = yaml.safe_load(path.read_text())
-            if before != now:
-                raise LightReasonerError(
-                    f"{arm.dir} holds the arm {arm.id!r} made with other settings "
-                    f"({'; '.join(setting_changes(before, now))}); delete that folder to run the arm again"
-                )
+            check_same_settings(
+                yaml.safe_load(path.read_text()),
+                now,
+                f"{arm.dir} holds the arm {arm.id!r} made with other settings",
+                "delete that folder to run the arm again",
+                values=True,
+            )
     folder, planned = Path(cfg.out) / "arms", {arm.dir for arm in arms}
     for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
         if extra not in planned:
@@ -245,16 +246,15 @@ def _check_same_settings(run: Path, resolved: dict) -> None:
         before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
         if isinstance(before.get("sample"), dict):  # earlier versions ignored these keys there
             before["sample"] = {k: v for k, v in before["sample"].items() if k not in PER_ARM_SAMPLE_KEYS}
-        before, now = (
-            {k: v for k, v in results_settings(d).items() if k not in LAUNCH_FIELDS + ARM_FIELDS}
-            for d in (before, resolved)
+        check_same_settings(
+            results_settings(before),
+            results_settings(resolved),
+            f"{run} holds a run with other settings",
+            "use another --out, give the run's own settings (its config.yaml) with --config, "
+            "or delete the folder to start again",
+            ignore=LAUNCH_FIELDS + ARM_FIELDS,
+            values=True,
         )
-        if before != now:
-            raise LightReasonerError(
-                f"{run} holds a run with other settings ({'; '.join(setting_changes(before, now))}); "
-                "use another --out, give the run's own settings (its config.yaml) with --config, "
-                "or delete the folder to start again"
-            )
 
 
 MULTI_NODE_RECIPE = (

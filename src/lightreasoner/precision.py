@@ -24,9 +24,6 @@ from pathlib import Path
 
 import torch
 
-EFFECT_FILE = "effect.json"
-"""What the ``effect`` stage of a run writes in each tuned arm's folder."""
-
 # --------------------------------------------------------------------------- weights
 
 

@@ -6,7 +6,10 @@ trained on exactly the prompt it wrote its trajectories for.
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only: config.py imports this module, without transformers
+    from transformers import PreTrainedTokenizerBase
 
 SAMPLING_SYSTEM_PROMPT = "Please reason step by step."
 EVAL_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."

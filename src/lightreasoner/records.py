@@ -18,7 +18,14 @@ from pathlib import Path
 from . import faults
 from .data import iter_jsonl
 from .errors import LightReasonerError
-from .io import append_synced, atomic_write_bytes, atomic_write_json, fingerprint_diff, read_json_lines, setting_changes
+from .io import (
+    append_synced,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_same_settings,
+    read_json_lines,
+    setting_changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +109,18 @@ def _units(fp: dict) -> str:
     return f"{fp.get('group_cut', '')} groups of at most {fp.get('group_size')}".strip()
 
 
-def changed_fields(before: dict, now: dict, where: str, warn: bool = True) -> list[str]:
-    """The fingerprint fields (outside :data:`RUNTIME`) that differ between an output made
-    ``before`` and the run ``now``. An output made before a field of :data:`LATER_FIELDS`
-    existed continues as now. With ``warn``, that and a changed :data:`RUNTIME`
-    section are logged: the work done from now on may differ in float rounding from an
-    uninterrupted run."""
-    changed = [k for k in fingerprint_diff(before, now) if k != RUNTIME]
-    missing = [k for k in LATER_FIELDS if k in changed and k not in before]
-    if missing:
-        changed = [k for k in changed if k not in missing]
-        if warn:
-            log.warning("%s was begun %s; it goes on in %s", where, LATER_FIELDS[missing[0]], _units(now))
+def check_resume_fingerprint(before: dict, now: dict, where: str, refusal: str, advice: str, warn: bool = True) -> None:
+    """:func:`~.io.check_same_settings` for an output cut into work units (``where``), made
+    with the fingerprint ``before`` and resumed with ``now``: the :data:`RUNTIME` section may
+    differ, and an output made before a field of :data:`LATER_FIELDS` existed continues as
+    now. With ``warn``, both are logged: the work done from now on may differ in float
+    rounding from an uninterrupted run."""
+    missing = [k for k in LATER_FIELDS if k not in before and now.get(k) is not None]
+    if missing and warn:
+        log.warning("%s was begun %s; it goes on in %s", where, LATER_FIELDS[missing[0]], _units(now))
+    check_same_settings(before, now, refusal, advice, ignore=[RUNTIME, *missing])
     old, new = before.get(RUNTIME), now.get(RUNTIME)
-    if warn and not changed and old is not None and new is not None and old != new:
+    if warn and old is not None and new is not None and old != new:
         log.warning(
             "%s: resuming with %s. The problems done from now on may differ in float rounding from an "
             "uninterrupted run; for byte-identical output resume with the same values (OMP_NUM_THREADS "
@@ -123,7 +128,6 @@ def changed_fields(before: dict, now: dict, where: str, warn: bool = True) -> li
             where,
             "; ".join(setting_changes(old, new)),
         )
-    return changed
 
 
 def summary_path(out: str | Path) -> Path:
@@ -185,14 +189,15 @@ class ResumableWriter:
         if not entries:  # killed while writing the header: nothing was done yet
             return [], 0
         before = entries[0].get("fingerprint") or {}
-        changed = changed_fields(before, self.fingerprint, str(self.out), warn=not self._warned)
+        check_resume_fingerprint(
+            before,
+            self.fingerprint,
+            str(self.out),
+            f"{progress}: an unfinished run made with other inputs or settings is here",
+            "rerun it as it was, pass --overwrite to discard it and start again, or choose another --out",
+            warn=not self._warned,
+        )
         self._warned = True
-        if changed:
-            raise LightReasonerError(
-                f"{progress}: an unfinished run made with other inputs or settings is here "
-                f"(changed: {', '.join(changed)}). Rerun it as it was, "
-                "pass --overwrite to discard it and start again, or choose another --out."
-            )
         done = [p for e in entries[1:] for p in e.get("problems", [e])]  # a unit's line lists its problems
         keep = sum(e["records"] for e in done)
         size = 0

@@ -66,7 +66,7 @@ from .models import (
     resolve_source,
 )
 from .prompts import encode_prompt
-from .records import RUNTIME, ResumableWriter, SoftLabelRecord, changed_fields, summary_path
+from .records import RUNTIME, ResumableWriter, SoftLabelRecord, check_resume_fingerprint, summary_path
 
 log = logging.getLogger(__name__)
 
@@ -402,12 +402,14 @@ def _sample_locked(cfg: SampleConfig, problems: list[Problem], src_e, src_a, tok
                 f"{cfg.out} exists but its summary {spath} is missing or unreadable; pass --overwrite to sample again"
             ) from None
         before = summary.get("fingerprint") or {}
-        changed = changed_fields(before, fp, cfg.out, warn=False)
-        if changed:
-            raise LightReasonerError(
-                f"{cfg.out} already holds samples made with other inputs or settings "
-                f"(changed: {', '.join(changed)}); choose another --out or pass --overwrite"
-            )
+        check_resume_fingerprint(
+            before,
+            fp,
+            cfg.out,
+            f"{cfg.out} already holds samples made with other inputs or settings",
+            "choose another --out or pass --overwrite",
+            warn=False,
+        )
         log.info("%s is already complete; nothing to do (use --overwrite to redo it)", cfg.out)
         return summary
     todo = rank_groups(work_groups(problems, cfg.group_size), lambda p: p.index in writer.done, rank, world)

@@ -50,10 +50,11 @@ from .distributed import (
 from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
+from .files import SFT_SUMMARY
 from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from .prompts import encode_prompt
-from .records import RUNTIME, ResumableWriter, changed_fields, summary_path
+from .records import RUNTIME, ResumableWriter, check_resume_fingerprint, summary_path
 from .training import (
     RESULT_FIELDS,
     IndexedDataset,
@@ -68,7 +69,6 @@ from .training import (
 
 log = logging.getLogger(__name__)
 SOLUTIONS = "solutions.jsonl"
-SFT_SUMMARY = "sft_summary.json"
 
 
 def gold_answer(problem: Problem, answer_field: str) -> str:
@@ -155,14 +155,16 @@ def sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         if (out / SFT_SUMMARY).exists():
             summary = json.loads((out / SFT_SUMMARY).read_text())
             before = summary.get("sampling_fingerprint") or {}
-            changed = changed_fields(before, sampling_fingerprint(cfg), str(out), warn=False)
-            if not changed:
-                log.info("%s is complete; pass --overwrite to run it again", out)
-                return summary
-            raise LightReasonerError(
-                f"{out} holds an SFT run made with other inputs or settings; choose another --output-dir "
-                "or pass --overwrite"
+            check_resume_fingerprint(
+                before,
+                sampling_fingerprint(cfg),
+                str(out),
+                f"{out} holds an SFT run made with other inputs or settings",
+                "choose another --output-dir or pass --overwrite",
+                warn=False,
             )
+            log.info("%s is complete; pass --overwrite to run it again", out)
+            return summary
         problems = load_problems(
             cfg.data, cfg.question_field, cfg.answer_field, cfg.max_problems, cfg.split, cfg.data_seed
         )

@@ -40,14 +40,14 @@ from .config import LoraOptions, TrainConfig, installed_name, trainer_arg_names
 from .contrast import soft_label_kl
 from .distributed import is_main, main_lock, rank_and_world, single_device_warning, timeout_s
 from .errors import LightReasonerError
-from .io import atomic_write_json, file_fingerprint, fingerprint_diff, model_fingerprint
+from .files import TRAIN_SUMMARY
+from .io import atomic_write_json, check_same_settings, file_fingerprint, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
 from .records import SoftLabelRecord, read_records
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-TRAIN_SUMMARY = "train_summary.json"
 
 
 @dataclass
@@ -455,12 +455,12 @@ def check_checkpoints(out: Path, fp: dict, resume: bool) -> None:
     path = out / TRAIN_FINGERPRINT
     checkpoint = last_checkpoint(out) if resume and path.exists() else None
     if checkpoint:
-        before = with_batch_fields(json.loads(path.read_text()), checkpoint)
-        if before != fp:
-            raise LightReasonerError(
-                f"{out} holds checkpoints made from other inputs or settings "
-                f"(changed: {', '.join(fingerprint_diff(before, fp))}); choose another --output-dir or drop --resume"
-            )
+        check_same_settings(
+            with_batch_fields(json.loads(path.read_text()), checkpoint),
+            fp,
+            f"{out} holds checkpoints made from other inputs or settings",
+            "choose another --output-dir or drop --resume",
+        )
     if is_main():
         atomic_write_json(path, fp)
 

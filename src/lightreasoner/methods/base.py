@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import EffectConfig, EvalConfig, RunConfig, build
 from ..errors import LightReasonerError
-from ..precision import EFFECT_FILE
+from ..files import EFFECT_FILE
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import RunConfig, SampleConfig, TrainConfig, build
 from ..errors import LightReasonerError
+from ..files import TRAIN_SUMMARY
 from .base import (
     Arm,
     ArmKind,
@@ -109,8 +110,6 @@ class LightR(ArmKind):
     def stages(self, entry: dict, configs: dict) -> list[tuple[Stage, object]]:
         """The amateur's pool (while the arm has no records), the selection (in the run's
         process), fine-tuning, evaluation, adapter effect."""
-        from ..training import TRAIN_SUMMARY
-
         arm: Arm = entry["arm"]
         pool: SampleConfig = configs["pools"][entry["pool"]]
         stages: list[tuple[Stage, object]] = []
@@ -125,7 +124,6 @@ class LightR(ArmKind):
     def efficiency(self, entry: dict) -> dict:
         """Sampling is the pool's generation and scoring (every variant is charged it in full)."""
         from ..records import summary_path
-        from ..training import TRAIN_SUMMARY
 
         arm: Arm = entry["arm"]
         samples = json.loads(summary_path(arm.samples).read_text())

@@ -8,6 +8,7 @@ import json
 from dataclasses import fields
 
 from ..config import LoraOptions, SFTConfig, TrainConfig, build
+from ..files import SFT_SUMMARY
 from .base import Arm, ArmKind, Method, Shared, Stage, check_global_batch, evaluation_stages, summary_exists
 
 FIGURES = (
@@ -63,8 +64,6 @@ class SFT(ArmKind):
         return entry
 
     def stages(self, entry: dict, configs: dict) -> list[tuple[Stage, object]]:
-        from ..sft import SFT_SUMMARY
-
         arm: Arm = entry["arm"]
         done = summary_exists(arm.adapter, SFT_SUMMARY)
         return [(Stage(f"{arm.id}: sampling and fine-tuning", "sft", done, arm=arm), entry["sft"])] + evaluation_stages(
@@ -72,8 +71,6 @@ class SFT(ArmKind):
         )
 
     def efficiency(self, entry: dict) -> dict:
-        from ..sft import SFT_SUMMARY
-
         s = json.loads((entry["arm"].adapter / SFT_SUMMARY).read_text())
         return {
             "sampling_seconds": s["sampling_seconds"],

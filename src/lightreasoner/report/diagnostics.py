@@ -9,10 +9,10 @@ import json
 import math
 from pathlib import Path
 
-from ..evaluation.runner import display_name
+from ..files import EFFECT_FILE, SFT_SUMMARY, TRAIN_SUMMARY
 from ..io import read_json_lines
-from ..precision import EFFECT_FILE
 from ..stats import minimum_detectable_effect
+from .summaries import display_name
 
 
 def changed_problems(first: str | Path, second: str | Path, names: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -56,9 +56,6 @@ def loss_curve(adapter: Path, summary_name: str) -> list[list[float]]:
 
 def arm_diagnostics(entry: dict, arm_fig: dict, base_dir: str | Path, names: list[str]) -> dict:
     """The figures of this module for one arm (``entry``: its stage configs)."""
-    from ..sft import SFT_SUMMARY
-    from ..training import TRAIN_SUMMARY
-
     arm = entry["arm"]
     changed = changed_problems(base_dir, arm.eval, names)
     per = {name: mde(arm_fig["results"][name]["n"], len(c["gained"]), len(c["lost"])) for name, c in changed.items()}

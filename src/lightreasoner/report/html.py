@@ -22,9 +22,9 @@ from pathlib import Path
 
 from ..data import iter_jsonl
 from ..errors import LightReasonerError
-from ..evaluation.runner import display_name, load_summary, markdown_table, significance_table
 from ..io import atomic_write_text
 from ..records import RELEASE_KEYS, summary_path
+from .summaries import display_name, load_summary, markdown_table, significance_table
 
 TEMPLATE = "template.html"
 PAGE_NAME = "report.html"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evaluation.runner import display_name
 from ..methods import KINDS, METHODS
 from .diagnostics import plot_loss
+from .summaries import display_name
 from .tables import ABLATIONS, hms
 
 

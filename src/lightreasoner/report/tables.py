@@ -19,11 +19,11 @@ import yaml
 
 from .. import provenance
 from ..config import SMOKE_TEST_NOTE, RunConfig
-from ..evaluation.runner import display_name, load_summary, markdown_table, paired_outcomes, significance_table
 from ..methods import KINDS, METHODS, kind_of
 from ..records import summary_path
 from ..stats import bootstrap_ci, paired_difference, verdict
 from .diagnostics import arm_diagnostics, markdown_lines
+from .summaries import display_name, load_summary, markdown_table, paired_outcomes, significance_table
 
 PACKAGES = (
     "lightreasoner",
