@@ -6,7 +6,9 @@ move. Each written line is pinned twice:
 
 - ``exact``: a digest of the line as written, every float to its last bit (timings and the
   models' temporary paths left out). Checked on a machine like the one that wrote the pin
-  (same processor and torch), where outputs are reproducible to the bit.
+  (same processor, torch and thread count: a reduction split over other threads rounds
+  differently), where outputs are reproducible to the bit. The pin is written as the suite
+  runs in CI (``pytest -n auto``: one thread per worker on two cores).
 - ``text`` and ``floats``: a digest of everything but the floats (text, token ids, ids,
   verdicts), which must match anywhere, and the sum of the line's floats, which must match to
   1e-5 relative: kernels for other instruction sets may differ in the last bits.
@@ -107,7 +109,7 @@ def first_difference(got: list, want: list) -> int:
 
 
 def test_sample_and_eval_outputs_are_the_pinned_ones(outputs):
-    machine = {"cpu": cpu_name(), "torch": torch.__version__}
+    machine = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if os.environ.get("LIGHTREASONER_WRITE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps({"machine": machine, "outputs": outputs}, indent=1, sort_keys=True) + "\n")
