@@ -1,6 +1,6 @@
 """Problems per minute of evaluation decoding: plain batched ``model.generate`` (fixed batches
 of ``--baseline-batch`` prompts sorted by length, each run until its longest completion)
-against :func:`lightreasoner.decoding.greedy_decode` (the batch kept full: finished
+against :func:`lightreasoner.generation.greedy_decode` (the batch kept full: finished
 sequences leave, waiting prompts join; batch sized to memory), on the same model, prompts
 and budget, in one run. Prints time, problems per minute, accuracy, cut-off completions
 and how many completions are identical.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_core import build_pair  # noqa: E402
 
 from lightreasoner.evaluation.benchmarks import grade_completion, load_items  # noqa: E402
-from lightreasoner.evaluation.generation import HFGenerator  # noqa: E402
+from lightreasoner.generation.hf import HFGenerator  # noqa: E402
 from lightreasoner.models import end_token_ids, load_model, load_tokenizer, resolve_dtype  # noqa: E402
 from lightreasoner.prompts import EVAL_SYSTEM_PROMPT, build_prompt  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lightreasoner.decoding import greedy_decode
+from lightreasoner.generation.decoder import greedy_decode
 from lightreasoner.models import end_token_ids, load_tokenizer, load_with_adapter, resolve_source
 from lightreasoner.precision import _load, compare_paths, eval_sequences, path_logits, path_name, reference_logits
 from lightreasoner.prompts import EVAL_SYSTEM_PROMPT

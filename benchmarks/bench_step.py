@@ -1,4 +1,4 @@
-"""Decode-step throughput against batch size: one greedy step (:class:`decoding._Batch`)
+"""Decode-step throughput against batch size: one greedy step (:class:`generation.decoder._Batch`)
 over a cache of ``--context`` positions, for each batch size, on the same model. On a
 memory-bound machine a step costs about the same up to some batch size (the weights are
 read once per step), so tokens per second grow with the batch until compute binds; the
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_core import build_pair  # noqa: E402
 
-from lightreasoner.decoding import _Batch  # noqa: E402
+from lightreasoner.generation.decoder import _Batch  # noqa: E402
 from lightreasoner.models import load_model, resolve_dtype  # noqa: E402
 
 

@@ -183,7 +183,7 @@ def attend(q, k, v, mask, backends) -> torch.Tensor | None:
 
 def check_sdpa(s: Setup) -> Result:
     """Blind query rows per kernel, with the plain padding mask and with ours."""
-    from lightreasoner.decoding import self_seeing_mask
+    from lightreasoner.generation.decoder import self_seeing_mask
 
     dtype = torch.bfloat16 if s.device.type == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
@@ -277,7 +277,7 @@ def compare_ids(model, prompts, ours: list[list[int]], theirs: list[list[int]]) 
 
 
 def check_decoder(s: Setup) -> Result:
-    from lightreasoner.decoding import TopPSampler, greedy_decode
+    from lightreasoner.generation.decoder import TopPSampler, greedy_decode
     from lightreasoner.models import load_model, load_tokenizer
 
     tok = load_tokenizer(s.expert)
@@ -347,8 +347,8 @@ def free_gpu_bytes(device: torch.device, wait_for: int | None = None, patience_s
 
 
 def check_vllm_sample(s: Setup) -> Result:
-    from lightreasoner.decoding import greedy_decode
-    from lightreasoner.evaluation.generation import VLLMGenerator
+    from lightreasoner.generation.decoder import greedy_decode
+    from lightreasoner.generation.vllm import VLLMGenerator
     from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 
     tok = load_tokenizer(s.expert)
@@ -419,8 +419,8 @@ def eval_args(s: Setup, out: Path, backend: str) -> list[str]:
 
 
 def check_vllm_eval(s: Setup) -> Result:
-    from lightreasoner.decoding import greedy_decode
-    from lightreasoner.evaluation.generation import VLLMGenerator
+    from lightreasoner.generation.decoder import greedy_decode
+    from lightreasoner.generation.vllm import VLLMGenerator
     from lightreasoner.models import end_token_ids, load_model, load_tokenizer, load_with_adapter, merges_adapter
 
     if not s.adapter:
@@ -543,7 +543,7 @@ def check_two_gpus(s: Setup) -> Result:
 
 def engine_on_gpu_1(s: Setup) -> str:
     """A one-process engine asked for ``--device cuda:1`` takes its memory on GPU 1, not GPU 0."""
-    from lightreasoner.evaluation.generation import VLLMGenerator
+    from lightreasoner.generation.vllm import VLLMGenerator
     from lightreasoner.models import load_tokenizer
 
     before = [free_gpu_bytes(torch.device(f"cuda:{i}")) for i in (0, 1)]

@@ -84,8 +84,8 @@ def stand_in_vllm(monkeypatch) -> list:
 
     import torch
 
-    from lightreasoner.decoding import greedy_decode
-    from lightreasoner.evaluation import generation
+    from lightreasoner.generation import vllm as generation
+    from lightreasoner.generation.decoder import greedy_decode
     from lightreasoner.models import load_model, load_tokenizer
 
     events: list = []

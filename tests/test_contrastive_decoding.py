@@ -9,9 +9,9 @@ from conftest import SHARED_DATA
 
 from lightreasoner.cli import main
 from lightreasoner.config import EvalConfig
-from lightreasoner.decoding import TopPSampler, contrastive_scores, greedy_decode, nucleus_probs
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.evaluation.runner import check_contrastive, evaluate
+from lightreasoner.generation.decoder import TopPSampler, contrastive_scores, greedy_decode, nucleus_probs
 from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 from lightreasoner.prompts import EVAL_SYSTEM_PROMPT, encode_prompt
 
@@ -50,7 +50,7 @@ def reference_cd(expert, amateur, prompt, n, stops, alpha, beta):
 
 @pytest.mark.slow
 def test_batched_cd_equals_step_by_step_definition(pair):
-    from lightreasoner.decoding import contrastive_combine
+    from lightreasoner.generation.decoder import contrastive_combine
 
     expert, amateur = (load_model(str(p)) for p in pair)
     tok = load_tokenizer(str(pair[0]))
@@ -99,10 +99,12 @@ def test_cd_refuses_a_mismatched_pair_and_vllm(pair, other_tokenizer_model, tmp_
     code = main([*args, "--contrastive-amateur", str(other_tokenizer_model), "--data-dir", str(SHARED_DATA)])
     assert code == 2 and "tokenizers disagree" in capsys.readouterr().err
     assert not list(out.glob("*.jsonl"))
-    with pytest.raises(LightReasonerError, match="vLLM"):
-        check_contrastive(EvalConfig(model="m", out="o", contrastive_amateur="a"), "vllm")
+    from lightreasoner.generation import Request, vllm
+
+    (why,) = vllm.BACKEND.obstacles(Request(str(pair[0]), None, 8, contrastive="a"))
+    assert why.startswith("--contrastive-amateur")  # so --backend vllm is refused and auto takes hf
     with pytest.raises(LightReasonerError, match="--cd-beta"):
-        check_contrastive(EvalConfig(model="m", out="o", contrastive_amateur="a", cd_beta=-1), "hf")
+        check_contrastive(EvalConfig(model="m", out="o", contrastive_amateur="a", cd_beta=-1))
 
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p():

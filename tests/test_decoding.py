@@ -9,7 +9,7 @@ from conftest import gsm8k_questions
 
 from lightreasoner.config import SampleConfig
 from lightreasoner.data import Problem
-from lightreasoner.decoding import GrowingLayer, greedy_decode
+from lightreasoner.generation.decoder import GrowingLayer, greedy_decode
 from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 from lightreasoner.prompts import SAMPLING_SYSTEM_PROMPT, encode_prompt
 from lightreasoner.records import read_records
@@ -159,7 +159,7 @@ def test_trajectories_end_at_the_end_of_the_turn(pair, tmp_path):
 
 
 def test_out_of_memory_restarts_with_half_the_batch(pair, monkeypatch):
-    from lightreasoner import decoding
+    from lightreasoner.generation import decoder as decoding
 
     tok, model = load_tokenizer(str(pair[0])), load_model(str(pair[0]))
     prompts = [encode_prompt(tok, q, SAMPLING_SYSTEM_PROMPT) for q in gsm8k_questions(6)]

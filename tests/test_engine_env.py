@@ -14,8 +14,8 @@ import torch
 
 from lightreasoner.config import EvalConfig
 from lightreasoner.errors import LightReasonerError
-from lightreasoner.evaluation import generation
-from lightreasoner.evaluation.generation import VLLMGenerator, engine_environment, engine_gpus
+from lightreasoner.generation import vllm as generation
+from lightreasoner.generation.vllm import VLLMGenerator, engine_environment, engine_gpus
 from lightreasoner.models import load_tokenizer, resolve_device
 
 TORCHRUN_RANK_1 = {

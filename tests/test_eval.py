@@ -163,7 +163,7 @@ def test_eval_completions_are_the_plain_argmax_whatever_the_checkpoint_says(pair
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(pair, tmp_path, capsys):
-    from lightreasoner.evaluation.generation import vllm_available
+    from lightreasoner.generation.vllm import vllm_available
 
     if vllm_available():
         pytest.skip("vLLM is installed here")
@@ -187,8 +187,9 @@ def test_vllm_backend_without_vllm_is_a_clear_error(pair, tmp_path, capsys):
 
 def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch, stand_in_vllm):
     """What the generator asks of vLLM (a stand-in module here), one engine per process and GPU."""
-    from lightreasoner.evaluation.generation import VLLMGenerator, rank_gpu
-    from lightreasoner.evaluation.runner import check_vllm_options
+    from lightreasoner.evaluation.runner import eval_request
+    from lightreasoner.generation import check_options
+    from lightreasoner.generation.vllm import VLLMGenerator, rank_gpu
     from lightreasoner.models import end_token_ids, load_model, load_tokenizer
 
     adapter = tmp_path / "adapter"
@@ -220,4 +221,4 @@ def test_vllm_engine_settings_per_process(pair, tmp_path, monkeypatch, stand_in_
     with pytest.raises(LightReasonerError, match="tensor parallelism"):
         VLLMGenerator(str(pair[0]), tok, 64, "auto", tensor_parallel_size=2)
     with pytest.raises(LightReasonerError, match="--max-lora-rank"):
-        check_vllm_options(EvalConfig(model="m", out="o", max_lora_rank=12))
+        check_options(eval_request(EvalConfig(model="m", out="o", max_lora_rank=12)))

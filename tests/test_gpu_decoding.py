@@ -15,21 +15,21 @@ from conftest import gsm8k_questions
 from transformers.masking_utils import causal_mask_function, sdpa_mask, sliding_window_causal_mask_function
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from lightreasoner import decoding
 from lightreasoner.config import EvalConfig, SampleConfig
 from lightreasoner.data import Problem
-from lightreasoner.decoding import (
+from lightreasoner.errors import LightReasonerError
+from lightreasoner.generation import decoder as decoding
+from lightreasoner.generation import vllm as generation
+from lightreasoner.generation.decoder import (
     NonFiniteLogits,
     TopPSampler,
     attention_mask_for,
-    free_memory,
     greedy_decode,
     inverse_cdf,
     nucleus_probs,
     self_seeing_mask,
 )
-from lightreasoner.errors import LightReasonerError
-from lightreasoner.evaluation import generation
+from lightreasoner.generation.sizing import free_memory
 from lightreasoner.models import ModelSource, load_model, load_tokenizer
 from lightreasoner.prompts import SAMPLING_SYSTEM_PROMPT, encode_prompt
 from lightreasoner.sampling import Trajectory, generate_trajectories, resolve_backend, teacher_forced_logits

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 HEAVY = ("torch", "transformers", "peft")
-STAGES = ("training", "sft", "sampling", "evaluation.runner", "precision", "models", "decoding")
+STAGES = ("training", "sft", "sampling", "evaluation.runner", "precision", "models", "generation")
 
 SCRIPT = """
 import importlib, json, pkgutil, sys

@@ -228,7 +228,7 @@ def test_vllm_completion_ids_end_with_the_stop_id():
     import types
 
     from lightreasoner.errors import LightReasonerError
-    from lightreasoner.evaluation.generation import VLLMGenerator
+    from lightreasoner.generation.vllm import VLLMGenerator
 
     def out(ids, reason, stop=None):
         return types.SimpleNamespace(
@@ -256,7 +256,7 @@ def test_vllm_completion_ids_end_with_the_stop_id():
 
 def test_vllm_backend_checks(pair, problems_file, tmp_path):
     from lightreasoner.errors import LightReasonerError
-    from lightreasoner.evaluation.generation import vllm_available
+    from lightreasoner.generation.vllm import vllm_available
 
     for kw, match in (
         ({"backend": "tgi"}, "--backend 'tgi'"),

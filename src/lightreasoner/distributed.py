@@ -136,22 +136,6 @@ def runtime(**batch_sizes: int) -> dict:
     return {"threads_per_process": torch.get_num_threads(), **batch_sizes}
 
 
-def note_memory_bound(model, longest: int, wanted: int, keep_logits: bool = False) -> None:
-    """Warn when fewer than ``wanted`` sequences of ``longest`` tokens (prompt and budget) fit in
-    memory: the decoder then takes fewer at a time and the outputs (not the groups) depend
-    on the free memory."""
-    from .decoding import batch_capacity
-
-    fit = batch_capacity(model, longest, wanted, keep_logits)
-    if fit < wanted:
-        log.warning(
-            "only %d of the %d sequences of a group decoded together fit in memory; outputs may then differ "
-            "in float rounding from a run with more free memory (lower the group size or the batch size)",
-            fit,
-            wanted,
-        )
-
-
 @contextmanager
 def main_lock(out: str | Path) -> Iterator[None]:
     """The output lock, held by the main process only (the ranks of one run share ``out``)."""

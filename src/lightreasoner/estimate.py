@@ -111,7 +111,7 @@ def start_seconds() -> float:
 
 def measure(models: dict[str, int], context: int, dtype, device, budget_tokens: int) -> Costs:
     """Measure ``models`` (spec -> the largest batch its stages decode at, 0: scoring only)."""
-    from .decoding import batch_capacity, release_memory
+    from .generation.sizing import batch_capacity, release_memory
     from .models import load_model
 
     costs = Costs(start=start_seconds())
@@ -136,7 +136,7 @@ def simulate_decode(
     lengths: list[int], prompt_lengths: list[int], batch: int, a: float, b: float, token: float
 ) -> float:
     """Seconds the decoder takes for answers of ``lengths`` tokens, ``batch`` rows at a time,
-    new prompts joining once ``batch // 8`` rows are free (as :func:`decoding.greedy_decode`)."""
+    new prompts joining once ``batch // 8`` rows are free (as :func:`generation.greedy_decode`)."""
     refill_at = max(1, batch // 8)
     queue = list(zip(lengths, prompt_lengths))
     left: list[int] = []  # tokens each running row still has to make

@@ -35,6 +35,17 @@ def survival_warnings(survival: dict[str, dict[str, float]], dtype) -> list[str]
     ]
 
 
+def tuned_model(base, adapter: str | Path, merged: bool, inspect=None):
+    """The one way an adapter becomes a model: ``base`` (a loaded model) with the PEFT adapter
+    at ``adapter``, merged into its weights (``W + ΔW`` in the model's dtype, a plain
+    transformers model) or kept as a PEFT model (the base output plus ``x·A·B·scale``).
+    ``inspect(peft_model)`` sees the adapter applied, before any merge."""
+    peft_model = load_with_adapter(base, adapter)
+    if inspect is not None:
+        inspect(peft_model)
+    return peft_model.merge_and_unload() if merged else peft_model
+
+
 def merge(cfg: MergeConfig) -> Path:
     """Write ``cfg.out`` (model + tokenizer + ``merge_report.json``: per target module,
     ‖ΔW‖/‖W‖ and what survives the saved dtype); built in a temporary folder, then renamed."""
@@ -45,11 +56,10 @@ def merge(cfg: MergeConfig) -> Path:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     base = load_model(src, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
-    peft_model = load_with_adapter(base, cfg.adapter)
-    survival = delta_weight_stats(peft_model, dtype)
+    survival: dict = {}
+    merged = tuned_model(base, cfg.adapter, True, lambda peft: survival.update(delta_weight_stats(peft, dtype)))
     for line in survival_warnings(survival, dtype):
         log.warning(line)
-    merged = peft_model.merge_and_unload()
     has_tok = (Path(cfg.adapter) / "tokenizer_config.json").exists()
     tok = load_tokenizer(str(cfg.adapter) if has_tok else src, cfg.trust_remote_code)
     tmp = temp_path(out)

@@ -1,6 +1,6 @@
 """Stage 1: expert trajectories, the two models' distributions at every step, soft labels.
 
-Fast path: the expert decodes many problems together (:func:`decoding.greedy_decode`) and
+Fast path: the expert decodes many problems together (:func:`generation.greedy_decode`) and
 its raw logits at each generated position are kept, so the expert runs once. As
 trajectories finish, the amateur scores a few of them in ONE teacher-forced forward pass
 (a causal LM's logits at position t depend only on ids ≤ t, so that pass gives the
@@ -12,9 +12,9 @@ release scores, and exists to validate the fast path.
 The problems are cut into work groups (``group_size``, :mod:`distributed`): each group is
 decoded as its own batch (refilled within the group), scored in the order its trajectories
 finish and committed whole, so the records do not depend on the number of processes or on
-interruptions. With ``backend="vllm"`` (GPU) a vLLM engine generates all of a rank's
-trajectories first and is shut down; then both models score them group by group in
-teacher-forced passes, since vLLM returns no full-vocabulary logits. A rerun after an
+interruptions. A backend without the decoder's own logits (``backend="vllm"``, GPU)
+generates all of a rank's trajectories first and is shut down; then both models score them
+group by group in teacher-forced passes. A rerun after an
 interruption redoes the groups not yet committed (and generates them again).
 """
 
@@ -32,14 +32,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import contrast
+from . import contrast, generation
 from .config import SampleConfig
 from .data import Problem, load_problems
-from .decoding import Completion, attention_mask_for, greedy_decode, last_positions, release_memory, require_finite
 from .distributed import (
     barrier,
     main_lock,
-    note_memory_bound,
     open_shard,
     rank_groups,
     runtime,
@@ -47,6 +45,16 @@ from .distributed import (
     work_groups,
 )
 from .errors import LightReasonerError
+from .generation import (
+    Completion,
+    Request,
+    choose_backend,
+    greedy_decode,
+    note_memory_bound,
+    open_generator,
+    release_memory,
+)
+from .generation.decoder import attention_mask_for, last_positions, require_finite
 from .io import (
     atomic_open,
     atomic_write_json,
@@ -126,7 +134,7 @@ def generate_trajectories(
     keep_logits: bool = False,
     on_result: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
-    """Greedy trajectories (pure argmax of raw logits, see :mod:`decoding`), stopping at the
+    """Greedy trajectories (pure argmax of raw logits, see :mod:`generation.decoder`), stopping at the
     end of the assistant's turn; ``on_result`` gets each one as soon as it is finished (with
     its ``expert_logits`` when kept; the returned trajectories then carry none)."""
     prompts = [encode_prompt(tokenizer, p.question, system_prompt) for p in problems]
@@ -325,55 +333,54 @@ def validate(cfg: SampleConfig) -> None:
         raise LightReasonerError(f"--expert-scoring {cfg.expert_scoring!r}: choose generation or teacher-forced")
     if cfg.max_problems is not None and cfg.max_problems < 1:
         raise LightReasonerError("--max-problems: must be at least 1")
-    if cfg.backend not in ("hf", "vllm", "auto"):
-        raise LightReasonerError(f"--backend {cfg.backend!r}: choose hf, vllm or auto")
-    if cfg.backend == "vllm" and cfg.reference_scoring:
+    if cfg.backend != "auto" and not generation.backend(cfg.backend).step_logits and cfg.reference_scoring:
         raise LightReasonerError("--reference-scoring is a check of the hf backend's fast path; use --backend hf")
 
 
-def resolve_backend(cfg: SampleConfig, src_e: ModelSource) -> SampleConfig:
-    """The backend that decodes the expert's trajectories. ``auto`` is vLLM where it is installed,
-    a GPU is visible and it can serve the run (not a GGUF expert, no reference scoring, a CUDA
-    device, no remote code: :func:`evaluation.generation.vllm_obstacles`), else hf; ``vllm``
-    where it cannot stops here. With vLLM the expert's distributions come from a teacher-forced
-    pass (vLLM returns no full-vocabulary logits)."""
-    if cfg.backend == "hf":
-        return cfg
-    from .evaluation.generation import check_engine_options, check_launch, choose_backend, vllm_obstacles
-
-    check_engine_options(cfg.tensor_parallel_size, cfg.gpu_memory_utilization)
-    backend = choose_backend(
-        cfg.backend,
-        lambda: vllm_obstacles(
-            gguf=bool(src_e.gguf_file),
-            device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code,
-            reference_scoring=cfg.reference_scoring,
-        ),
+def expert_request(cfg: SampleConfig, src_e: ModelSource, tok=None, dtype: str | None = None) -> Request:
+    """What sampling asks of a generation backend: the expert's greedy trajectories."""
+    return Request(
+        model=src_e,
+        tokenizer=tok,
+        max_new_tokens=cfg.max_new_tokens,
+        dtype=dtype or cfg.dtype,
+        device=cfg.device,
+        role="expert",
+        batch_size=cfg.batch_size,
+        allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
+        step_logits=cfg.reference_scoring,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
-    if backend == "hf":
-        return replace(cfg, backend="hf")
-    check_launch(cfg.tensor_parallel_size, cfg.device)
+
+
+def resolve_backend(cfg: SampleConfig, src_e: ModelSource) -> SampleConfig:
+    """The backend that decodes the expert's trajectories (:func:`generation.choose_backend`).
+    ``auto`` is vLLM where it is installed, a GPU is visible and it can serve the run (not a
+    GGUF expert, no reference scoring, a CUDA device, no remote code), else hf; a named
+    backend that cannot stops here. A backend without the decoder's own logits (vLLM) has the
+    expert's distributions come from a teacher-forced pass."""
+    request = expert_request(cfg, src_e)
+    generation.check_options(request)
+    name = choose_backend(cfg.backend, request)
+    if generation.backend(name).step_logits:
+        return replace(cfg, backend=name)
     if cfg.expert_scoring != "teacher-forced":
-        log.info("--backend vllm: the expert's distributions come from a teacher-forced pass")
-    return replace(cfg, backend="vllm", expert_scoring="teacher-forced")
+        log.info("--backend %s: the expert's distributions come from a teacher-forced pass", name)
+    return replace(cfg, backend=name, expert_scoring="teacher-forced")
 
 
 def sample(cfg: SampleConfig, show_progress: bool = True) -> dict:
     """Run stage 1 end to end; returns the summary (also saved beside ``cfg.out``)."""
     validate(cfg)
-    if cfg.batch_invariant:  # before anything imports vLLM
-        from .evaluation.generation import request_batch_invariance
-
-        request_batch_invariance()
+    if cfg.batch_invariant:  # before anything imports an engine
+        generation.request_batch_invariance()
     problems = load_problems(cfg.data, cfg.question_field, None, cfg.max_problems, cfg.split, cfg.seed)
     src_e = resolve_source(cfg.expert, cfg.allow_pickle, "expert")
     asked = cfg.backend
     cfg = resolve_backend(cfg, src_e)
-    if cfg.batch_invariant:
-        from .evaluation.generation import settle_batch_invariance
-
-        settle_batch_invariance(True, asked, cfg.backend)
+    generation.settle_batch_invariance(cfg.batch_invariant, asked, cfg.backend)
     src_a = resolve_source(cfg.amateur, cfg.allow_pickle, "amateur")
     tok = load_tokenizer(src_e, cfg.trust_remote_code)
     tok_a = load_tokenizer(src_a, cfg.trust_remote_code)
@@ -459,9 +466,9 @@ def _sample_groups(
     dtype = resolve_dtype(cfg.dtype, device)
     todo = [p for g in groups for p in g]
     ready, generation_s = {}, None
-    if cfg.backend == "vllm":  # all of this rank's trajectories first; the engine is gone before scoring
+    if not generation.backend(cfg.backend).step_logits:  # all trajectories first; the engine is gone before scoring
         t0 = time.perf_counter()
-        trajs = vllm_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."), show_progress)
+        trajs = engine_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."), show_progress)
         ready = {t.problem.index: t for t in trajs}
         generation_s = (time.perf_counter() - t0) / len(trajs)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
@@ -543,7 +550,7 @@ def sample_group(
     return [out[p.index] for p in group]
 
 
-def vllm_trajectories(
+def engine_trajectories(
     cfg: SampleConfig,
     problems: list[Problem],
     src: ModelSource,
@@ -551,22 +558,10 @@ def vllm_trajectories(
     dtype: str,
     show_progress: bool,
 ) -> list[Trajectory]:
-    """The expert's greedy trajectories from a vLLM engine (same settings as :mod:`decoding`),
-    which is shut down before this returns."""
-    from .evaluation.generation import VLLMGenerator
-
-    log.info("generating %d trajectories with vLLM; they are scored and committed afterwards", len(problems))
-
-    gen = VLLMGenerator(
-        src.path,
-        tok,
-        cfg.max_new_tokens,
-        dtype,
-        trust_remote_code=cfg.trust_remote_code,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        device=cfg.device,
-    )
+    """The expert's greedy trajectories from the run's generation backend (an engine such as
+    vLLM, with the settings of :mod:`generation.decoder`), which is shut down before this returns."""
+    log.info("generating %d trajectories with %s; they are scored and committed afterwards", len(problems), cfg.backend)
+    gen = open_generator(cfg.backend, expert_request(cfg, src, tok, dtype))
     try:
         prompts = [encode_prompt(tok, p.question, cfg.system_prompt) for p in problems]
         comps = gen.generate_ids(prompts, show_progress)

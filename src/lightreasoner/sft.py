@@ -2,7 +2,7 @@
 the expert, keep those the grader accepts, LoRA-fine-tune the expert on them.
 
 1. Sampling: ``samples_per_problem`` solutions per problem at ``temperature`` / ``top_p``
-   (:class:`decoding.TopPSampler`, seeded per problem and sample, so a solution does not
+   (:class:`generation.TopPSampler`, seeded per problem and sample, so a solution does not
    depend on batching or restarts), batched like evaluation. The prompt is the
    evaluation's (answer in ``\\boxed{}``): the grader can read every answer, and the tuned
    model is trained on the prompt it is evaluated with.
@@ -35,12 +35,10 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import SFTConfig
 from .data import Problem, load_problems
-from .decoding import Completion, TopPSampler, greedy_decode
 from .distributed import (
     barrier,
     is_main,
     main_lock,
-    note_memory_bound,
     open_shard,
     rank_groups,
     runtime,
@@ -51,6 +49,7 @@ from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
 from .files import SFT_SUMMARY
+from .generation import Completion, TopPSampler, greedy_decode, note_memory_bound
 from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from .prompts import encode_prompt

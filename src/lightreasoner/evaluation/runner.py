@@ -17,13 +17,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import faults
+from .. import faults, generation
 from ..config import EvalConfig
 from ..data import iter_jsonl
 from ..distributed import (
     barrier,
     main_lock,
-    note_memory_bound,
     rank_and_world,
     rank_groups,
     runtime,
@@ -31,6 +30,7 @@ from ..distributed import (
     work_groups,
 )
 from ..errors import LightReasonerError
+from ..generation import Request, choose_backend, open_generator
 from ..io import (
     append_synced,
     atomic_write_json,
@@ -40,21 +40,11 @@ from ..io import (
     model_fingerprint,
     read_json_lines,
 )
-from ..models import (
-    check_pair,
-    load_model,
-    load_tokenizer,
-    load_with_adapter,
-    merges_adapter,
-    resolve_device,
-    resolve_dtype,
-    resolve_source,
-)
+from ..models import load_tokenizer, resolve_source
 from ..prompts import build_prompt
 from ..records import RUNTIME, check_resume_fingerprint
 from ..report.summaries import markdown_table
 from .benchmarks import get_benchmark, grade_completion, load_items
-from .generation import Contrastive, HFGenerator, VLLMGenerator, check_launch, choose_backend, vllm_obstacles
 
 FINGERPRINT = "fingerprint.json"
 
@@ -97,8 +87,7 @@ def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
         fp["grader"] = cfg.grader
     if cfg.batch_invariant:  # only when set
         fp["batch_invariant"] = True
-    if cfg.adapter and backend == "hf" and not merges_adapter(resolve_dtype(cfg.dtype, resolve_device(cfg.device))):
-        fp["adapter_path"] = "unmerged"  # only then: evaluations merged in float32 keep their fingerprint
+    fp |= generation.backend(backend).fingerprint(eval_request(cfg))
     fp |= unit_fields(cfg.group_size)
     fp[RUNTIME] = runtime(batch_size=cfg.batch_size)
     return fp | (cd_fingerprint(cfg) if cfg.contrastive_amateur else {})
@@ -145,44 +134,41 @@ def in_order(rows: list[dict], items: list) -> list[dict]:
     return [by_id[it.id] for it in items if it.id in by_id]
 
 
+def eval_request(cfg: EvalConfig, tok=None) -> Request:
+    """What the evaluation asks of its generation backend."""
+    return Request(
+        model=cfg.model,
+        tokenizer=tok,
+        max_new_tokens=cfg.max_new_tokens,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        adapter=cfg.adapter,
+        batch_size=cfg.batch_size,
+        allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
+        contrastive=cfg.contrastive_amateur,
+        cd_alpha=cfg.cd_alpha,
+        cd_beta=cfg.cd_beta,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_lora_rank=cfg.max_lora_rank,
+    )
+
+
 def check_backend(cfg: EvalConfig) -> str:
-    """The backend that serves ``cfg``: ``auto`` → ``vllm`` where it is installed, a GPU is
-    visible and vLLM can serve this evaluation (no contrastive decoding, no GGUF file, a CUDA
-    device, no remote code, an adapter its LoRA takes: :func:`generation.vllm_obstacles`), else
-    ``hf``; ``vllm`` where it cannot is an error that says why."""
-
-    def obstacles() -> list[str]:
-        src = resolve_source(cfg.model, cfg.allow_pickle, "model")
-        return vllm_obstacles(
-            gguf=bool(src.gguf_file),
-            device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code,
-            adapter=cfg.adapter,
-            contrastive=bool(cfg.contrastive_amateur),
-        )
-
-    return choose_backend(cfg.backend, obstacles)
+    """The backend that serves ``cfg`` (:func:`generation.choose_backend`): ``auto`` → vLLM
+    where it is installed, a GPU is visible and it can serve this evaluation (no contrastive
+    decoding, no GGUF file, a CUDA device, no remote code, an adapter its LoRA takes), else
+    ``hf``; a named backend that cannot is an error that says why."""
+    return choose_backend(cfg.backend, lambda: eval_request(cfg))
 
 
 GRADERS = ("toolkit", "strict")
 
 
-def check_vllm_options(cfg: EvalConfig) -> None:
-    from .generation import VLLM_LORA_RANKS, check_engine_options
-
-    check_engine_options(cfg.tensor_parallel_size, cfg.gpu_memory_utilization)
-    if cfg.max_lora_rank is not None and cfg.max_lora_rank not in VLLM_LORA_RANKS:
-        raise LightReasonerError(f"--max-lora-rank: vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))}")
-
-
-def check_contrastive(cfg: EvalConfig, backend: str) -> None:
+def check_contrastive(cfg: EvalConfig) -> None:
     if not cfg.contrastive_amateur:
         return
-    if backend == "vllm":
-        raise LightReasonerError(
-            "--contrastive-amateur: contrastive decoding needs both models' logits at every step, which vLLM does "
-            "not expose; use --backend hf"
-        )
     if not (0 <= cfg.cd_alpha <= 1):
         raise LightReasonerError("--cd-alpha: must be in [0, 1]")
     if cfg.cd_beta < 0:
@@ -190,38 +176,9 @@ def check_contrastive(cfg: EvalConfig, backend: str) -> None:
 
 
 def make_generator(cfg: EvalConfig, backend: str):
-    """The model (+ adapter) behind a generation backend (``hf`` or ``vllm``), loaded once."""
-    src = resolve_source(cfg.model, cfg.allow_pickle, "model")
-    tok = load_tokenizer(src, cfg.trust_remote_code)
-    if backend == "vllm":
-        dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
-        gen = VLLMGenerator(
-            src.path,
-            tok,
-            cfg.max_new_tokens,
-            dtype,
-            cfg.adapter,
-            cfg.trust_remote_code,
-            cfg.tensor_parallel_size,
-            cfg.gpu_memory_utilization,
-            cfg.max_lora_rank,
-            device=cfg.device,
-        )
-        return tok, gen
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model = load_model(src, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
-    if cfg.adapter:  # the model vLLM evaluates too: merged in float32, unmerged LoRA in bf16/fp16
-        model = load_with_adapter(model, cfg.adapter)
-        if merges_adapter(dtype):
-            model = model.merge_and_unload()
-    contrastive = None
-    if cfg.contrastive_amateur:
-        asrc = resolve_source(cfg.contrastive_amateur, cfg.allow_pickle, "contrastive amateur")
-        check_pair(tok, load_tokenizer(asrc, cfg.trust_remote_code))
-        amateur = load_model(asrc, model.dtype, device, cfg.allow_pickle, cfg.trust_remote_code)
-        contrastive = Contrastive(amateur, cfg.cd_alpha, cfg.cd_beta)
-    return tok, HFGenerator(model, tok, cfg.max_new_tokens, cfg.batch_size, contrastive)
+    """The tokenizer, and the model (+ adapter) behind generation backend ``backend``, loaded once."""
+    tok = load_tokenizer(resolve_source(cfg.model, cfg.allow_pickle, "model"), cfg.trust_remote_code)
+    return tok, open_generator(backend, eval_request(cfg, tok))
 
 
 def eval_row(it, g, bench, grader: str) -> dict:
@@ -284,17 +241,13 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
         raise LightReasonerError("--batch-size: must be at least 1 (or 0: as many as fit in memory)")
     if cfg.group_size < 1:
         raise LightReasonerError("--group-size: must be at least 1")
-    from .generation import request_batch_invariance, settle_batch_invariance
-
-    if cfg.batch_invariant:  # before anything imports vLLM
-        request_batch_invariance()
+    if cfg.batch_invariant:  # before anything imports an engine
+        generation.request_batch_invariance()
     names = benchmark_names(cfg.benchmarks)
+    generation.check_options(eval_request(cfg))
     backend = check_backend(cfg)
-    check_contrastive(cfg, backend)
-    check_vllm_options(cfg)
-    settle_batch_invariance(cfg.batch_invariant, cfg.backend, backend)
-    if backend == "vllm":
-        check_launch(cfg.tensor_parallel_size, cfg.device)
+    check_contrastive(cfg)
+    generation.settle_batch_invariance(cfg.batch_invariant, cfg.backend, backend)
     if cfg.grader not in GRADERS:
         raise LightReasonerError(f"--grader {cfg.grader!r}: choose toolkit or strict")
     items = {n: load_items(n, cfg.data_dir, cfg.limit, cfg.seed) for n in names}
@@ -343,10 +296,6 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
     tok = gen = None
     if remaining:
         tok, gen = make_generator(cfg, backend)
-        if backend == "hf":
-            prompts = [build_prompt(tok, it.question, cfg.system_prompt) for u in todo for _, it in u]
-            longest = max(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]) + cfg.max_new_tokens
-            note_memory_bound(gen.model, longest, min(cfg.batch_size or cfg.group_size, cfg.group_size))
     show = show_progress and rank == 0
     bar = tqdm(total=total, initial=total - remaining * world, desc="eval", unit="problem", disable=not show)
     rows = [r for n in names for r in done[n]]  # for the running accuracy
@@ -370,10 +319,10 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
     def prompt(x: tuple) -> str:
         return build_prompt(tok, x[1].question, cfg.system_prompt)
 
-    generate_units(gen, todo, prompt, commit, together=backend == "vllm", on_each=finished_one)
+    generate_units(gen, todo, prompt, commit, together=generation.backend(backend).together, on_each=finished_one)
     bar.close()
-    if hasattr(gen, "close"):
-        gen.close()  # a vLLM engine gives its GPU back now
+    if gen is not None:
+        gen.close()  # an engine gives its GPU back now
     seconds = time.perf_counter() - t0
     barrier()
     if rank != 0:  # the main process merges the shards and writes the summary

@@ -1,11 +1,11 @@
-"""The one place that decides how text is decoded: settings for every backend, and the
-batched greedy decoder that sampling and evaluation share.
+"""The decoder every in-process backend and stage shares: batched greedy (or seeded top-p)
+decoding over a transformers model, optionally beside a second model (contrastive decoding).
 
 Greedy means the argmax of the model's raw logits at every step — no temperature, no
 top-k/top-p, no repetition or n-gram penalties, no minimum length — whatever the
 checkpoint's ``generation_config.json`` holds. :func:`greedy_decode` runs its own loop
 over the model's forward pass, so no processor of the checkpoint's config can enter;
-:func:`greedy_sampling_params` gives vLLM the same settings.
+:func:`.vllm.greedy_sampling_params` gives vLLM the same settings.
 
 The decoder keeps a batch full: prompts are taken longest first, a finished sequence
 leaves the batch at once (its rows of the KV cache are dropped) and waiting prompts take
@@ -18,7 +18,6 @@ cache layer writes new keys and values into a buffer with room to spare
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
 import math
@@ -29,33 +28,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from .errors import LightReasonerError
+from ..errors import LightReasonerError
+from .sizing import batch_capacity, release_memory
 
 log = logging.getLogger(__name__)
-
-
-def greedy_sampling_params(max_new_tokens: int, stop_ids: list[int]):
-    """vLLM ``SamplingParams`` for the same decoding: temperature 0 (argmax; vLLM then turns
-    top-p/top-k/min-p off), no penalty, stop at ``stop_ids``. Engines are built with
-    ``generation_config="vllm"`` (:func:`vllm_engine_args`) so the checkpoint adds nothing."""
-    from vllm import SamplingParams
-
-    return SamplingParams(
-        n=1,
-        temperature=0.0,
-        repetition_penalty=1.0,
-        presence_penalty=0.0,
-        frequency_penalty=0.0,
-        min_tokens=0,
-        max_tokens=max_new_tokens,
-        stop_token_ids=list(stop_ids),
-        skip_special_tokens=True,
-    )
-
-
-def vllm_engine_args() -> dict:
-    """Engine arguments that keep a checkpoint's ``generation_config.json`` out of decoding."""
-    return {"generation_config": "vllm"}
 
 
 def last_positions(n: int, length: int, device: torch.device | str) -> torch.Tensor:
@@ -321,7 +297,8 @@ Combine = Callable[[list[torch.Tensor]], torch.Tensor]
 argmax is the next token; plain greedy decoding has one model and takes its logits."""
 
 
-def _first(logits: list[torch.Tensor]) -> torch.Tensor:
+def first_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """:data:`Combine` of plain decoding: the first (only) model's logits."""
     return logits[0]
 
 
@@ -409,7 +386,7 @@ def greedy_decode(
     pad_id: int,
     batch_size: int,
     keep_logits: bool = False,
-    combine: Combine = _first,
+    combine: Combine = first_logits,
     on_result: Callable[[int, Completion], None] | None = None,
     pick: Pick = _argmax,
 ) -> list[Completion]:
@@ -460,14 +437,6 @@ def greedy_decode(
         release_memory()
         queue = sorted((i for i in range(len(prompts)) if i not in results), key=lambda i: -len(prompts[i]))
     return [results[i] for i in range(len(prompts))]
-
-
-def release_memory() -> None:
-    """Hand the memory of tensors no longer referenced back to the device (call it once the
-    references are gone: outside an ``except`` block, whose traceback keeps the frames alive)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _decode(
@@ -524,46 +493,3 @@ def _decode(
         pending = pending[idx]
         for b in batches:
             b.keep(idx)
-
-
-def batch_capacity(
-    model: PreTrainedModel, max_tokens: int, requested: int, keep_logits: bool = False, fraction: float = 0.5
-) -> int:
-    """Sequences that fit in ``fraction`` of the free memory of the model's device, each up
-    to ``max_tokens`` long (KV cache, plus its logits when ``keep_logits``), at most
-    ``requested``; ``requested = 0`` means as many as fit, up to 256."""
-    per_token = kv_bytes_per_token(model)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    elt = torch.finfo(model.dtype).bits // 8
-    per_row = per_token * max_tokens + vocab * 4 * 4  # the step's logits and their float32 scores
-    if keep_logits:
-        per_row += vocab * elt * max_tokens
-    fit = max(1, int(free_memory(model.device) * fraction // per_row))
-    cap = requested if requested > 0 else 256
-    return max(1, min(cap, fit))
-
-
-def kv_bytes_per_token(model: PreTrainedModel) -> int:
-    """Bytes of KV cache one token takes (all layers, keys and values, model dtype)."""
-    cfg = model.config.get_text_config()
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    elt = torch.finfo(model.dtype).bits // 8
-    return 2 * cfg.num_hidden_layers * heads * head_dim * elt
-
-
-def free_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: on CUDA the device's free memory plus what PyTorch's caching
-    allocator holds reserved but unused (``mem_get_info`` counts that as used, yet our tensors
-    get it first); elsewhere the system's available memory."""
-    if device.type == "cuda":
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return torch.cuda.mem_get_info(device)[0] + max(0, cached)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30

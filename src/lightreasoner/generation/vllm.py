@@ -1,7 +1,9 @@
-"""Greedy generation backends: transformers (any device, :func:`decoding.greedy_decode`)
-and optional vLLM. Both take a whole benchmark at once, decode with the settings of
-:mod:`decoding`, stop at the end of the assistant's turn, and report each completion as
-soon as it is finished."""
+"""The vLLM backend (``pip install 'lightreasoner[vllm]'``, CUDA only): greedy decoding with
+the settings of :mod:`.decoder` in an engine of vLLM's own, which batches continuously, so a
+stage hands it all its work at once. It gives no full-vocabulary logits: contrastive
+decoding and reference scoring stay with the transformers backend, and sampling scores
+vLLM's trajectories in a teacher-forced pass. Everything here that touches vLLM imports it
+when called, so this module loads without it."""
 
 from __future__ import annotations
 
@@ -9,91 +11,50 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..decoding import Completion, _first, contrastive_combine, greedy_decode, greedy_sampling_params, vllm_engine_args
 from ..distributed import launched
 from ..errors import LightReasonerError
 from ..models import checkpoint_eos, end_token_ids
+from .base import Backend, Generated, OnCompletion, OnResult, Request, generated
+from .decoder import Completion
 
 log = logging.getLogger(__name__)
+
+
+def greedy_sampling_params(max_new_tokens: int, stop_ids: list[int]):
+    """vLLM ``SamplingParams`` for the same decoding: temperature 0 (argmax; vLLM then turns
+    top-p/top-k/min-p off), no penalty, stop at ``stop_ids``. Engines are built with
+    ``generation_config="vllm"`` (:func:`vllm_engine_args`) so the checkpoint adds nothing."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1,
+        temperature=0.0,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        min_tokens=0,
+        max_tokens=max_new_tokens,
+        stop_token_ids=list(stop_ids),
+        skip_special_tokens=True,
+    )
+
+
+def vllm_engine_args() -> dict:
+    """Engine arguments that keep a checkpoint's ``generation_config.json`` out of decoding."""
+    return {"generation_config": "vllm"}
+
 
 VLLM_CHUNK = 2048
 """Prompts per vLLM call: large enough for continuous batching, small enough that an
 evaluation commits its rows often (it resumes from them)."""
-
-
-@dataclass
-class Generated:
-    """A completion: its text (end token excluded), how many tokens it took, and whether
-    the budget ran out before the model ended its turn."""
-
-    text: str
-    tokens: int
-    cut_off: bool
-
-
-OnResult = Callable[[int, Generated], None]
-
-
-def generated(tok: PreTrainedTokenizerBase, comp: Completion) -> Generated:
-    """A completion as evaluation reports it, the same for every backend: the text of its ids
-    without the stop id (special tokens skipped), the ids it took, cut off when unfinished."""
-    body = comp.ids[:-1] if comp.finished else comp.ids
-    return Generated(tok.decode(body, skip_special_tokens=True), len(comp.ids), not comp.finished)
-
-
-@dataclass
-class Contrastive:
-    """Contrastive decoding against ``amateur`` (see :func:`decoding.contrastive_scores`)."""
-
-    amateur: PreTrainedModel
-    alpha: float = 0.1
-    beta: float = 0.5
-
-
-class HFGenerator:
-    """Greedy decoding of many prompts with a batch kept full (refill as sequences finish);
-    with ``contrastive`` the amateur runs beside the model (its own KV cache) and each token
-    is the argmax of the contrastive scores."""
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        max_new_tokens: int,
-        batch_size: int = 0,
-        contrastive: Contrastive | None = None,
-    ):
-        self.model, self.tok = model, tokenizer
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.stops = end_token_ids(model.generation_config.eos_token_id, tokenizer, chat_ends=True)
-        self.models, self.combine = [model], _first
-        if contrastive is not None:
-            self.models = [model, contrastive.amateur]
-            self.combine = contrastive_combine(contrastive.alpha, contrastive.beta)
-
-    def generate(self, prompts: list[str], on_result: OnResult | None = None) -> list[Generated]:
-        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        callback = None if on_result is None else (lambda i, comp: on_result(i, generated(self.tok, comp)))
-        comps = greedy_decode(
-            self.models,
-            ids,
-            self.max_new_tokens,
-            self.stops,
-            self.tok.pad_token_id,
-            self.batch_size,
-            combine=self.combine,
-            on_result=callback,
-        )
-        return [generated(self.tok, c) for c in comps]
 
 
 class VLLMGenerator:
@@ -156,9 +117,9 @@ class VLLMGenerator:
         self,
         prompt_ids: list[list[int]],
         progress: bool = False,
-        on_result: Callable[[int, Completion], None] | None = None,
+        on_result: OnCompletion | None = None,
     ) -> list[Completion]:
-        """Completions of tokenised prompts, as :func:`decoding.greedy_decode` gives them: the
+        """Completions of tokenised prompts, as :func:`.decoder.greedy_decode` gives them: the
         ids up to and including the first stop id (vLLM keeps it in ``token_ids``), at most the
         budget; ``finished`` when the last id is a stop id."""
         comps: list[Completion] = []
@@ -277,27 +238,6 @@ def vllm_obstacles(
     if adapter:
         out += adapter_obstacles(adapter)
     return out
-
-
-def choose_backend(backend: str, obstacles: Callable[[], list[str]]) -> str:
-    """``auto`` → ``vllm`` when vLLM is installed, a GPU is visible and ``obstacles()`` (see
-    :func:`vllm_obstacles`, asked only then) finds nothing in the way, else ``hf``; ``vllm``
-    without vLLM or with an obstacle is an error."""
-    if backend not in ("auto", "hf", "vllm"):
-        raise LightReasonerError(f"--backend {backend!r}: choose auto, hf or vllm")
-    if backend == "hf":
-        return "hf"
-    if not vllm_available():
-        if backend == "auto":
-            return "hf"
-        raise LightReasonerError("--backend vllm: vLLM is not installed or no CUDA GPU is visible; use --backend hf")
-    found = obstacles()
-    if not found:
-        return "vllm"
-    if backend == "auto":
-        log.info("--backend auto: hf, since vLLM cannot serve this (%s)", "; ".join(found))
-        return "hf"
-    raise LightReasonerError(f"--backend vllm: {'; '.join(found)}; use --backend hf (or auto)")
 
 
 def check_engine_options(tensor_parallel_size: int, gpu_memory_utilization: float | None) -> None:
@@ -500,18 +440,57 @@ def check_batch_invariance() -> None:
         raise LightReasonerError(f"--batch-invariant: vLLM does not see {BATCH_INVARIANT}=1 (it was imported first)")
 
 
-def settle_batch_invariance(requested: bool, asked: str, backend: str) -> None:
-    """Once the backend is chosen (``asked``: the ``--backend`` given): check vLLM's mode when
-    it serves the run; refuse the option for an explicit ``--backend hf``, whose work groups
-    already make the output independent of the batch; let ``auto`` that chose hf pass."""
-    if not requested:
-        return
-    if backend == "vllm":
-        check_batch_invariance()
-    elif asked == "hf":
-        raise LightReasonerError(
-            "--batch-invariant is an option of the vLLM backend; with --backend hf the work groups already make "
-            "the output independent of how the work is cut"
-        )
-    else:
-        log.info("--batch-invariant: not needed, the hf backend serves this run (its work groups are batch-invariant)")
+def request_obstacles(req: Request) -> list[str]:
+    """:func:`vllm_obstacles` of a request (its model resolved to see whether it is a GGUF file)."""
+    src = req.source()
+    return vllm_obstacles(
+        gguf=bool(src.gguf_file),
+        device=req.device,
+        trust_remote_code=req.trust_remote_code,
+        adapter=req.adapter,
+        contrastive=bool(req.contrastive),
+        reference_scoring=req.step_logits,
+    )
+
+
+def check_options(req: Request) -> None:
+    """Refuse malformed engine options, whichever backend serves."""
+    check_engine_options(req.tensor_parallel_size, req.gpu_memory_utilization)
+    if req.max_lora_rank is not None and req.max_lora_rank not in VLLM_LORA_RANKS:
+        raise LightReasonerError(f"--max-lora-rank: vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))}")
+
+
+def prepare(req: Request) -> None:
+    """Checks made once vLLM serves: the launcher's settings and the device (:func:`check_launch`)."""
+    check_launch(req.tensor_parallel_size, req.device)
+
+
+def open_vllm(req: Request) -> VLLMGenerator:
+    """An engine for ``req``'s model (+ adapter, served as LoRA)."""
+    src = req.source()
+    return VLLMGenerator(
+        src.path,
+        req.tokenizer,
+        req.max_new_tokens,
+        req.dtype,
+        req.adapter,
+        req.trust_remote_code,
+        req.tensor_parallel_size,
+        req.gpu_memory_utilization,
+        req.max_lora_rank,
+        device=req.device,
+    )
+
+
+BACKEND = Backend(
+    name="vllm",
+    open=open_vllm,
+    available=lambda: vllm_available(),
+    unavailable="vLLM is not installed or no CUDA GPU is visible",
+    obstacles=request_obstacles,
+    check_options=check_options,
+    prepare=prepare,
+    ask_batch_invariance=lambda: request_batch_invariance(),
+    check_batch_invariance=lambda: check_batch_invariance(),
+    together=True,
+)
