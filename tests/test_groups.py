@@ -75,6 +75,68 @@ def test_groups_to_target_stop_at_the_same_prefix_whatever_was_sampled_beyond():
     assert [g[0].index for g in walked] == [0, 2, 4] and missing == []
 
 
+def test_sft_rounds_plan_from_the_same_commits_on_every_rank(monkeypatch):
+    """The worst interleaving, made deterministic: rank 1 reads the shards for its k-th round
+    only once rank 0 has reached its k-th barrier (or is done). Every rank must still plan
+    the same rounds from the same commits: a rank that read a commit of the current round
+    would leave the loop early and find the output not yet merged (the failure this pins)."""
+    import threading
+
+    import lightreasoner.sft as sft
+
+    groups = work_groups([Problem(i, f"q{i}") for i in range(10)], 2)
+    disk: dict[int, dict] = {}
+    cond, sync = threading.Condition(), threading.Barrier(2, timeout=30)
+    rank0 = {"barriers": 0, "done": False}
+
+    def barrier():
+        if threading.current_thread().name == "0":
+            with cond:
+                rank0["barriers"] += 1
+                cond.notify_all()
+        sync.wait()
+
+    class Writer:
+        def __init__(self, rank):
+            self.rank, self.done, self.reads = rank, {}, 0
+
+        def refresh(self):
+            self.reads += 1
+            with cond:
+                if self.rank == 1:
+                    cond.wait_for(lambda: rank0["barriers"] >= self.reads or rank0["done"])
+                self.done = dict(disk)
+
+    monkeypatch.setattr(sft, "barrier", barrier)
+    results, runs = {}, []
+
+    def rank(r):
+        w = Writer(r)
+
+        def run(group):
+            with cond:
+                runs.append(group[0].index)
+                disk.update({p.index: {"kept": 1} for p in group})
+            w.done.update({p.index: {"kept": 1} for p in group})
+
+        try:
+            results[r] = [g[0].index for g in sft.sample_to_target(groups, 6, w, r, 2, run)]
+        except threading.BrokenBarrierError:
+            results[r] = "left waiting at a barrier"
+        finally:
+            with cond:
+                rank0["done"] |= r == 0
+                cond.notify_all()
+
+    threads = [threading.Thread(target=rank, args=(r,), name=str(r)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: [0, 2, 4], 1: [0, 2, 4]}  # 3 groups of 2 kept problems reach 6, on both ranks
+    assert sorted(runs) == [0, 2, 4, 6]  # two rounds of one group per rank, each group once
+
+
 def _rec(i: int, step: int) -> dict:
     return {"prompt_id": f"q{i}", "step": step, "prefix": "p", "tokens": ["a"], "token_ids": [1], "weights": [1.0],
             "kl_divergence": 0.5, "problem_index": i}  # fmt: skip
@@ -172,7 +234,10 @@ def launch(args: list[str], procs: int, tmp: Path, env: dict | None = None) -> s
 
 
 def finished(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    """Exit 0, or a failure that shows every rank's error line (not just the last rank's tail)."""
+    text = proc.stdout + proc.stderr
+    errors = dict.fromkeys(x.strip() for x in text.splitlines() if "Error:" in x)
+    assert proc.returncode == 0, "\n".join([*errors, "...", text[-3000:]])
 
 
 @pytest.fixture(scope="module")

@@ -268,6 +268,9 @@ def sample_to_target(
     while True:
         writer.refresh()  # every rank sees every commit of the last round
         walked, missing = groups_to_target(groups, writer.done, target, world)
+        # and no rank commits this round's group before every rank has read: a rank that read
+        # a commit of this round would plan other rounds than the rest (and leave early)
+        barrier()
         if not missing:
             return walked
         if rank < len(missing):
