@@ -68,3 +68,38 @@ def test_writer_refuses_to_resume_with_other_settings(tmp_path):
         ResumableWriter(out, {"beta": 0.5})
     w = ResumableWriter(out, {"beta": 0.5}, overwrite=True)
     assert w.done == {} and not w.partial.exists()
+
+
+def test_an_extending_writer_reuses_a_published_output_and_merges_new_units_in_order(tmp_path):
+    """Evaluation's use: rows keyed by ``id``; a published file (even one an older version
+    appended to and a kill tore) counts as finished, and new units extend it."""
+    out = tmp_path / "gsm8k.jsonl"
+    row = lambda i: json.dumps({"id": i, "correct": i == "b"}) + "\n"  # noqa: E731
+    out.write_text(row("c") + row("a") + '{"id": "x", "corr')  # a torn append: "x" is not finished
+    w = ResumableWriter(out, {"m": 1}, stage="eval", extends=True, key="id")
+    assert not w.complete and set(w.done) == {"c", "a"} and out.read_text() == row("c") + row("a")
+    w.commit_group([("b", [{"id": "b", "correct": True}], {})])
+    other = ResumableWriter(out, {"m": 1}, rank=1, stage="eval", extends=True, key="id")
+    assert set(other.done) == {"a", "b", "c"}  # the main shard's unit and the published rows
+    other.commit_group([("x", [{"id": "x", "correct": False}], {})])
+    w.refresh()
+    position = {"a": 0, "b": 1, "c": 2}
+    w.finish(order=lambda i: position.get(i, len(position)))  # "x" is outside the selection: kept, last
+    assert out.read_text() == row("a") + row("b") + row("c") + row("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gsm8k.jsonl"]  # shards gone
+    again = ResumableWriter(out, {"m": 1}, stage="eval", extends=True, key="id")
+    mtime = out.stat().st_mtime_ns
+    again.finish(order=lambda i: position.get(i, len(position)))
+    assert out.stat().st_mtime_ns == mtime  # the same bytes: not rewritten
+
+
+def test_records_of_one_problem_come_from_the_first_shard_that_holds_it(tmp_path):
+    out = tmp_path / "s.jsonl"
+    rec = lambda i, s: {"problem_index": i, "step": s}  # noqa: E731
+    w = ResumableWriter(out, {"m": 1})
+    w.commit_group([(0, [rec(0, 0), rec(0, 1)], {}), (2, [rec(2, 0)], {})])
+    other = ResumableWriter(out, {"m": 1}, rank=1)
+    other.commit_group([(1, [rec(1, 0)], {}), (0, [rec(0, 9)], {})])  # problem 0 again: the main shard's stays
+    w.refresh()
+    w.finish()
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [rec(0, 0), rec(0, 1), rec(1, 0), rec(2, 0)]

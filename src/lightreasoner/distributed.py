@@ -146,14 +146,17 @@ def main_lock(out: str | Path) -> Iterator[None]:
         yield
 
 
-def open_shard(out: str | Path, fp: dict, overwrite: bool, stage: str = "sample") -> tuple[ResumableWriter, int, int]:
+def open_shard(
+    out: str | Path, fp: dict, overwrite: bool, stage: str = "sample", **kw
+) -> tuple[ResumableWriter, int, int]:
     """This process's :class:`ResumableWriter` (the main process first: it may clear the
-    output), opened by every rank before any of them writes, so all see the same done set."""
+    output), opened by every rank before any of them writes, so all see the same done set.
+    ``kw``: the writer's ``extends`` and ``key``."""
     rank, world = rank_and_world()
-    writer = ResumableWriter(out, fp, overwrite=overwrite, stage=stage) if rank == 0 else None
+    writer = ResumableWriter(out, fp, overwrite=overwrite, stage=stage, **kw) if rank == 0 else None
     barrier()
     if rank != 0:
-        writer = ResumableWriter(out, fp, rank=rank, stage=stage)
+        writer = ResumableWriter(out, fp, rank=rank, stage=stage, **kw)
     barrier()
     return writer, rank, world
 

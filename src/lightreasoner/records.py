@@ -148,13 +148,27 @@ class ResumableWriter:
     reads the other shards' progress (read-only), so :attr:`done` holds every finished
     problem whatever the number of processes before. :meth:`finish` (main process) merges
     the finished records of all shards into ``OUT`` in problem order and removes the shards.
+
+    Each record names its problem in the field ``key`` (``problem_index`` for samples and
+    solutions, ``id`` for evaluation rows). With ``extends`` a published ``OUT`` is not the
+    end: its records count as finished (a torn last line, from an append cut short, is cut
+    off) and new units extend it, so an evaluation asked for more problems reuses those it
+    has; :meth:`finish` merges them back in.
     """
 
     def __init__(
-        self, out: str | Path, fingerprint: dict, overwrite: bool = False, rank: int = 0, stage: str = "sample"
+        self,
+        out: str | Path,
+        fingerprint: dict,
+        overwrite: bool = False,
+        rank: int = 0,
+        stage: str = "sample",
+        extends: bool = False,
+        key: str = "problem_index",
     ):
         self.out = Path(out)
         self.rank, self.stage = rank, stage  # stage: the name the test kill hook (:mod:`faults`) counts under
+        self.extends, self.key = extends, key
         stem = self.out.name if rank == 0 else f"{self.out.name}.rank{rank}"
         self.partial = self.out.with_name(stem + ".partial")
         self.progress = self.out.with_name(stem + ".progress")
@@ -174,7 +188,8 @@ class ResumableWriter:
 
     @property
     def complete(self) -> bool:
-        return self.out.exists()
+        """``OUT`` is published and final (never, with ``extends``: it may grow)."""
+        return self.out.exists() and not self.extends
 
     def shards(self) -> list[tuple[Path, Path]]:
         """``(partial, progress)`` of every shard of ``OUT`` on disk (the main one first)."""
@@ -232,11 +247,43 @@ class ResumableWriter:
         with self.partial.open("ab") as f:
             f.truncate(size)
 
+    def _published(self) -> list[dict]:
+        """The entries of the records in a published ``OUT`` (``extends`` only); the main
+        process cuts a torn last line (it opens first: the others then read clean files)."""
+        if not (self.extends and self.out.exists()):
+            return []
+        counts: dict = {}
+        for r in read_json_lines(self.out, "output", cut_torn=self.rank == 0):
+            counts[r.get(self.key)] = counts.get(r.get(self.key), 0) + 1
+        return [{"index": k, "records": n} for k, n in counts.items()]
+
     def _read_others(self) -> None:
         for partial, progress in self.shards():
             if progress != self.progress and progress.exists():
                 for e in self._committed(partial, progress, cut=False)[0]:
                     self.done.setdefault(e["index"], e)
+        for e in self._published():
+            self.done.setdefault(e["index"], e)
+
+    def records(self) -> list[bytes]:
+        """The finished records of every source (``OUT`` when it ``extends``, then each
+        shard), as lines, each problem's from the first source that holds it."""
+        sources = []
+        if self.extends and self.out.exists():
+            sources.append(self.out.read_bytes().splitlines(keepends=True))
+        for partial, progress in self.shards():
+            if progress.exists():
+                size = self._committed(partial, progress, cut=False)[1]
+                with partial.open("rb") as f:
+                    sources.append(f.read(size).splitlines(keepends=True))
+        owner: dict = {}
+        lines = []
+        for n, source in enumerate(sources):
+            for line in source:
+                k = json.loads(line).get(self.key)
+                if owner.setdefault(k, n) == n:
+                    lines.append(line)
+        return lines
 
     def _start(self) -> None:
         if not self.progress.exists() or self.progress.stat().st_size == 0:
@@ -267,25 +314,28 @@ class ResumableWriter:
         """Read the other shards' progress again (after the other ranks finished)."""
         self._read_others()
 
-    def finish(self, summary: dict | None = None, keep: Callable[[int], bool] | None = None) -> None:
-        """Publish ``OUT`` (atomically) with the finished records of every shard in problem
-        order (only the problems ``keep`` accepts, when given), then remove the shards.
-        ``summary`` is written (durably) first: an output under its final name always has its
-        summary. Main process only."""
+    def finish(
+        self,
+        summary: dict | None = None,
+        keep: Callable[[object], bool] | None = None,
+        order: Callable[[object], object] | None = None,
+    ) -> None:
+        """Publish ``OUT`` (atomically; left alone when it already holds these bytes) with
+        the finished :meth:`records`, sorted by problem (``order`` maps a problem to its sort
+        key; by default the problem itself; stable: a problem's records stay in order), only
+        the problems ``keep`` accepts when given; then remove the shards. ``summary`` is
+        written (durably) first: an output under its final name always has its summary.
+        Main process only."""
         self._start()
         if summary is not None:
             atomic_write_json(summary_path(self.out), summary)
-        lines: list[bytes] = []
-        for partial, progress in self.shards():
-            if not progress.exists():
-                continue
-            size = self._committed(partial, progress, cut=False)[1]
-            with partial.open("rb") as f:
-                lines += f.read(size).splitlines(keepends=True)
-        index = [json.loads(x).get("problem_index", 0) for x in lines]
-        order = sorted(range(len(lines)), key=index.__getitem__)  # stable: steps stay in order
-        lines = [lines[i] for i in order if keep is None or keep(index[i])]
-        atomic_write_bytes(self.out, b"".join(lines))
+        lines = self.records()
+        index = [json.loads(x).get(self.key, 0) for x in lines]
+        rank = order or (lambda k: k)
+        ordered = sorted(range(len(lines)), key=lambda i: rank(index[i]))
+        data = b"".join(lines[i] for i in ordered if keep is None or keep(index[i]))
+        if not (self.out.exists() and self.out.read_bytes() == data):
+            atomic_write_bytes(self.out, data)
         self.discard()
 
     def discard(self) -> None:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import faults, generation
+from .. import generation
 from ..config import EvalConfig
 from ..data import iter_jsonl
 from ..distributed import (
     barrier,
     main_lock,
+    open_shard,
     rank_and_world,
     rank_groups,
     runtime,
@@ -32,7 +33,6 @@ from ..distributed import (
 from ..errors import LightReasonerError
 from ..generation import Request, choose_backend, open_generator
 from ..io import (
-    append_synced,
     atomic_write_json,
     atomic_write_text,
     file_fingerprint,
@@ -42,7 +42,7 @@ from ..io import (
 )
 from ..models import load_tokenizer, resolve_source
 from ..prompts import build_prompt
-from ..records import RUNTIME, check_resume_fingerprint
+from ..records import RUNTIME, ResumableWriter, check_resume_fingerprint
 from ..report.summaries import markdown_table
 from .benchmarks import get_benchmark, grade_completion, load_items
 
@@ -56,14 +56,6 @@ def benchmark_names(spec: str) -> list[str]:
     for n in names:
         get_benchmark(n)
     return names
-
-
-def read_done(path: Path) -> list[dict]:
-    """Complete lines of a per-problem file; a torn last line (a kill mid-write) is cut off,
-    a corrupt line elsewhere is an error."""
-    if not path.exists():
-        return []
-    return read_json_lines(path, "per-problem results", cut_torn=True)
 
 
 def eval_fingerprint(cfg: EvalConfig, backend: str) -> dict:
@@ -106,7 +98,7 @@ def check_fingerprint(out: Path, fp: dict, overwrite: bool) -> None:
     """Refuse to resume an evaluation made with other inputs (``--overwrite`` starts again)."""
     path = out / FINGERPRINT
     if overwrite:
-        for f in [path, out / "summary.json", out / "results.md", *out.glob("*.jsonl")]:
+        for f in [path, out / "summary.json", out / "results.md", *out.glob("*.jsonl"), *shard_files(out)]:
             f.unlink(missing_ok=True)
     if path.exists():
         try:
@@ -120,7 +112,7 @@ def check_fingerprint(out: Path, fp: dict, overwrite: bool) -> None:
             f"{out} holds an evaluation made with other inputs or settings",
             "choose another --out or pass --overwrite",
         )
-    elif any(out.glob("*.jsonl")):
+    elif any(out.glob("*.jsonl")) or shard_files(out):
         raise LightReasonerError(
             f"{out} holds per-problem results of unknown origin; choose another --out or pass --overwrite"
         )
@@ -254,38 +246,30 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with main_lock(out), friendly_os_errors(out):
+        fp = eval_fingerprint(cfg, backend)
         if rank_and_world()[0] == 0:
-            check_fingerprint(out, eval_fingerprint(cfg, backend), cfg.overwrite)
-        return _evaluate_locked(cfg, names, backend, items, out, show_progress)
+            check_fingerprint(out, fp, cfg.overwrite)
+        return _evaluate_locked(cfg, names, backend, items, out, fp, show_progress)
 
 
-def shard_file(out: Path, name: str, rank: int) -> Path:
-    """Where rank ``rank`` appends its rows of benchmark ``name`` (rank 0: the final file)."""
-    return out / (f"{name}.jsonl" if rank == 0 else f"{name}.rank{rank}.jsonl")
+def shard_files(out: Path) -> list[Path]:
+    """The unfinished parts of an evaluation's per-problem files (every rank's ``.partial``
+    and ``.progress``, and the ``<name>.rank<r>.jsonl`` of versions before them)."""
+    return [*out.glob("*.jsonl*.partial"), *out.glob("*.jsonl*.progress"), *out.glob("*.rank*.jsonl")]
 
 
-def rank_shards(out: Path, name: str) -> list[Path]:
-    """The shards other ranks wrote for benchmark ``name`` (``<name>.rank<r>.jsonl``)."""
-    return sorted(out.glob(glob.escape(name) + ".rank*.jsonl"))
+def open_results(out: Path, name: str, fp: dict) -> tuple[ResumableWriter, list[dict]]:
+    """The rows of benchmark ``name`` on disk (each rank's, every rank sees the same) and
+    this rank's writer, which appends new ones in work units: crash-safe, as samples are."""
+    writer = open_shard(out / f"{name}.jsonl", fp, overwrite=False, stage="eval", extends=True, key="id")[0]
+    return writer, [json.loads(x) for x in writer.records()]
 
 
-def saved_rows(out: Path, name: str) -> list[dict]:
-    """Rows of ``name`` on disk: the final file, then every rank's shard (each id once)."""
-    rows: dict[str, dict] = {}
-    for path in [out / f"{name}.jsonl", *rank_shards(out, name)]:
-        for r in read_done(path):
-            rows.setdefault(r["id"], r)
-    return list(rows.values())
-
-
-def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_progress: bool) -> dict:
+def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, fp: dict, show_progress: bool) -> dict:
     rank, world = rank_and_world()
-    # the main process cuts torn lines first; then every rank reads the same finished rows
-    saved = {n: saved_rows(out, n) for n in names} if rank == 0 else {}
-    barrier()
-    if rank != 0:
-        saved = {n: saved_rows(out, n) for n in names}
-    barrier()
+    writers, saved = {}, {}
+    for n in names:
+        writers[n], saved[n] = open_results(out, n, fp)
     done = {n: in_order(saved[n], items[n]) for n in names}  # rows outside the selection are kept, not counted
     done_ids = {n: {r["id"] for r in done[n]} for n in names}
     units = [[(n, it) for it in g] for n in names for g in work_groups(items[n], cfg.group_size)]
@@ -306,8 +290,7 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
         bench = get_benchmark(name)
         new = [eval_row(it, g, bench, cfg.grader) for (_, it), g in zip(unit, gens) if it.id not in done_ids[name]]
         if new:
-            append_synced(shard_file(out, name, rank), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
-            faults.committed("eval")
+            writers[name].commit_group([(r["id"], [r], {}) for r in new])
         rows.extend(new)
         bar.set_description(name)
         bar.set_postfix(acc=f"{100 * sum(r['correct'] for r in rows) / max(1, len(rows)):.1f}")
@@ -328,16 +311,12 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, show_pro
     if rank != 0:  # the main process merges the shards and writes the summary
         return {}
     for name in names:  # one file per benchmark, in problem order (problems finish in any order)
-        on_disk = saved_rows(out, name)
-        done[name] = in_order(on_disk, items[name])
-        selected = {it.id for it in items[name]}
-        ordered = done[name] + [r for r in on_disk if r["id"] not in selected]
-        final = out / f"{name}.jsonl"
-        shards = rank_shards(out, name)
-        if shards or [r["id"] for r in read_done(final)] != [r["id"] for r in ordered]:
-            atomic_write_text(final, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
-        for f in shards:
+        position = {it.id: n for n, it in enumerate(items[name])}
+        writers[name].refresh()
+        writers[name].finish(order=lambda i, pos=position: pos.get(i, len(pos)))  # the rest after, as they were
+        for f in out.glob(glob.escape(name) + ".rank*.jsonl"):  # left by versions before the writer
             f.unlink()
+        done[name] = in_order(read_json_lines(out / f"{name}.jsonl", "per-problem results"), items[name])
 
     results = {}
     for name in names:
