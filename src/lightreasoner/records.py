@@ -268,6 +268,10 @@ class ResumableWriter:
     def records(self) -> list[bytes]:
         """The finished records of every source (``OUT`` when it ``extends``, then each
         shard), as lines, each problem's from the first source that holds it."""
+        return [line for _, line in self._keyed_records()]
+
+    def _keyed_records(self) -> list[tuple[object, bytes]]:
+        """:meth:`records` with each line's problem (``key``), each line parsed once."""
         sources = []
         if self.extends and self.out.exists():
             sources.append(self.out.read_bytes().splitlines(keepends=True))
@@ -277,13 +281,13 @@ class ResumableWriter:
                 with partial.open("rb") as f:
                     sources.append(f.read(size).splitlines(keepends=True))
         owner: dict = {}
-        lines = []
+        keyed = []
         for n, source in enumerate(sources):
             for line in source:
                 k = json.loads(line).get(self.key)
                 if owner.setdefault(k, n) == n:
-                    lines.append(line)
-        return lines
+                    keyed.append((k, line))
+        return keyed
 
     def _start(self) -> None:
         if not self.progress.exists() or self.progress.stat().st_size == 0:
@@ -319,24 +323,24 @@ class ResumableWriter:
         summary: dict | None = None,
         keep: Callable[[object], bool] | None = None,
         order: Callable[[object], object] | None = None,
-    ) -> None:
+    ) -> list[bytes]:
         """Publish ``OUT`` (atomically; left alone when it already holds these bytes) with
         the finished :meth:`records`, sorted by problem (``order`` maps a problem to its sort
         key; by default the problem itself; stable: a problem's records stay in order), only
         the problems ``keep`` accepts when given; then remove the shards. ``summary`` is
         written (durably) first: an output under its final name always has its summary.
-        Main process only."""
+        Returns the published lines. Main process only."""
         self._start()
         if summary is not None:
             atomic_write_json(summary_path(self.out), summary)
-        lines = self.records()
-        index = [json.loads(x).get(self.key, 0) for x in lines]
-        rank = order or (lambda k: k)
-        ordered = sorted(range(len(lines)), key=lambda i: rank(index[i]))
-        data = b"".join(lines[i] for i in ordered if keep is None or keep(index[i]))
+        sort_key = order or (lambda k: k)
+        keyed = sorted(self._keyed_records(), key=lambda kl: sort_key(0 if kl[0] is None else kl[0]))
+        lines = [line for k, line in keyed if keep is None or keep(0 if k is None else k)]
+        data = b"".join(lines)
         if not (self.out.exists() and self.out.read_bytes() == data):
             atomic_write_bytes(self.out, data)
         self.discard()
+        return lines
 
     def discard(self) -> None:
         """Remove every shard's partial and progress files."""

@@ -38,7 +38,6 @@ from ..io import (
     file_fingerprint,
     friendly_os_errors,
     model_fingerprint,
-    read_json_lines,
 )
 from ..models import load_tokenizer, resolve_source
 from ..prompts import build_prompt
@@ -253,9 +252,9 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict:
 
 
 def shard_files(out: Path) -> list[Path]:
-    """The unfinished parts of an evaluation's per-problem files (every rank's ``.partial``
-    and ``.progress``, and the ``<name>.rank<r>.jsonl`` of versions before them)."""
-    return [*out.glob("*.jsonl*.partial"), *out.glob("*.jsonl*.progress"), *out.glob("*.rank*.jsonl")]
+    """The unfinished parts of an evaluation's per-problem files: every rank's ``.partial``
+    and ``.progress`` (the ``<name>.rank<r>.jsonl`` of versions before them match ``*.jsonl``)."""
+    return [*out.glob("*.jsonl*.partial"), *out.glob("*.jsonl*.progress")]
 
 
 def open_results(out: Path, name: str, fp: dict) -> tuple[ResumableWriter, list[dict]]:
@@ -313,10 +312,10 @@ def _evaluate_locked(cfg: EvalConfig, names, backend, items, out: Path, fp: dict
     for name in names:  # one file per benchmark, in problem order (problems finish in any order)
         position = {it.id: n for n, it in enumerate(items[name])}
         writers[name].refresh()
-        writers[name].finish(order=lambda i, pos=position: pos.get(i, len(pos)))  # the rest after, as they were
+        lines = writers[name].finish(order=lambda i, pos=position: pos.get(i, len(pos)))  # the rest after
         for f in out.glob(glob.escape(name) + ".rank*.jsonl"):  # left by versions before the writer
             f.unlink()
-        done[name] = in_order(read_json_lines(out / f"{name}.jsonl", "per-problem results"), items[name])
+        done[name] = in_order([json.loads(x) for x in lines], items[name])
 
     results = {}
     for name in names:
