@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from lightreasoner import estimate
-from lightreasoner.estimate import eval_lengths, simulate_decode, step_seconds
+from lightreasoner.estimate import eval_lengths, simulate_decode, step_at, step_points, step_seconds
 
 
 def test_a_batch_that_holds_every_problem_costs_one_prefill_and_the_longest_answer():
     # 4 prompts of 10 tokens, answers of 5, 3, 3 and 1 tokens, all in one batch
-    s = simulate_decode([5, 3, 3, 1], [10] * 4, batch=8, a=1.0, b=0.5, token=0.01)
+    s = simulate_decode([5, 3, 3, 1], [10] * 4, batch=8, step=lambda r: 1 + 0.5 * r, token=0.01)
     prefill = 0.01 * 10 * 4
     # after the prefill (each row's first token): rows left 4, 2, 2 -> steps with 3, 3, 1, 1 rows
     assert s == pytest.approx(prefill + (1 + 0.5 * 3) * 2 + (1 + 0.5 * 1) * 2)
@@ -21,11 +21,51 @@ def test_a_batch_that_holds_every_problem_costs_one_prefill_and_the_longest_answ
 def test_rows_join_once_an_eighth_of_the_batch_is_free():
     # batch 8: the ninth prompt joins only when one row is free (8 // 8 = 1)
     lengths = [2] * 8 + [3]
-    s = simulate_decode(lengths, [1] * 9, batch=8, a=1.0, b=0.0, token=0.0)
+    s = simulate_decode(lengths, [1] * 9, batch=8, step=lambda r: 1.0, token=0.0)
     # 8 rows: prefill (token 1), one step (token 2, all done); the ninth: prefill, two steps
     assert s == pytest.approx(1 + 2)
     # a longer answer costs more steps; a bigger batch fewer
-    assert simulate_decode([100] * 16, [5] * 16, 4, 1, 0.1, 0) > simulate_decode([100] * 16, [5] * 16, 16, 1, 0.1, 0)
+    step = lambda r: 1 + 0.1 * r  # noqa: E731
+    assert simulate_decode([100] * 16, [5] * 16, 4, step, 0) > simulate_decode([100] * 16, [5] * 16, 16, step, 0)
+
+
+def test_a_step_is_interpolated_between_the_rows_measured():
+    points = [(1, 0.10), (4, 0.16), (32, 1.0)]
+    assert step_at(points, 1) == 0.10 and step_at(points, 0) == 0.10  # at or below the smallest: its time
+    assert step_at(points, 4) == pytest.approx(0.16)
+    assert step_at(points, 2) == pytest.approx(0.12)  # a third of the way from 1 to 4 rows
+    assert step_at(points, 18) == pytest.approx(0.58)  # half way from 4 to 32
+    assert step_at(points, 60) == pytest.approx(1.0 + 0.84 / 28 * 28)  # past the last: its slope
+    assert step_at([(8, 0.8)], 16) == pytest.approx(1.6)  # one point: in proportion to the rows
+    # a straight-line fit over far rows misjudges a small batch; the measured point does not
+    far = [(64, 2.0), (512, 10.0)]
+    assert step_at(far, 4) == 2.0 and step_at([(1, 0.2), (4, 0.24), *far], 4) == pytest.approx(0.24)
+
+
+def test_steps_are_timed_at_each_stage_batch_capped_by_memory_an_eighth_of_it_and_one_row():
+    assert step_points([4], 512) == [1, 4]
+    assert step_points([400, 16], 512) == [1, 2, 16, 50, 400]
+    assert step_points([512], 100) == [1, 12, 100]  # what fits in memory bounds the batch
+
+
+def test_each_stage_decodes_at_its_batch_capped_by_its_problems():
+    from lightreasoner.config import RunConfig, build
+    from lightreasoner.estimate import batches, decoders, widened
+    from lightreasoner.pipeline import QUICK, default_config, merge_dicts, plan_stages, stage_configs
+
+    # --quick: 4 test questions and 4 training questions, however large the work unit
+    quick = build(RunConfig, merge_dicts(default_config(), QUICK), {})
+    stages = plan_stages(stage_configs(quick))
+    rows = {s.command: batches(s.command, sc) for s, sc in stages if s.command}
+    assert rows["eval"] == [(quick.expert, 4)]
+    assert rows["sample"] == [(quick.expert, 4), (quick.amateur, 0)]
+    assert rows["train"] == rows["effect"] == [(quick.expert, 0)]
+    assert decoders(stages) == {quick.expert: [4], quick.amateur: []}
+    assert widened(stages) == [quick.expert]
+    # the default: 400 test questions in one unit; 320 training questions, 16 at a time
+    full = build(RunConfig, default_config(), {})
+    rows = {s.command: batches(s.command, sc) for s, sc in plan_stages(stage_configs(full)) if s.command}
+    assert rows["eval"] == [(full.expert, 400)] and rows["sample"][0] == (full.expert, 16)
 
 
 def test_lengths_come_from_an_earlier_evaluation_where_it_has_the_problem(tmp_path):

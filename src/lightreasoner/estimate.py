@@ -7,13 +7,15 @@ budgets, batch sizes, optimizer steps) then give each stage's time (:func:`stage
 
 - a decoding stage (evaluation, trajectories) is simulated step by step as the decoder runs
   it: ``batch`` rows at a time, new prompts joining once an eighth of the rows are free, a
-  step costing ``a + b · rows`` seconds (fitted to two measured steps) and a joining prompt
-  its prefill. Each answer's length is taken from an earlier evaluation of the same problems
-  in the run when there is one (the tuned evaluation after the baseline), else it is
-  ``PRIOR_TOKENS`` (at most the budget);
+  step costing what a step at that many rows was measured to cost (interpolated between the
+  row counts measured: the stages' own batches, capped by their problems, an eighth of each
+  and one row) and a joining prompt its prefill. Each answer's length is taken from an earlier
+  evaluation of the same problems in the run when there is one (the tuned evaluation after the
+  baseline), else it is ``PRIOR_TOKENS`` (at most the budget);
 - a training step is ``grad_accum`` micro-batches of forward and backward over one packed
   trajectory (about three forward passes);
-- the adapter-effect check is its teacher-forced passes and loads.
+- the adapter-effect check is its teacher-forced passes and loads (a float32 load and float32
+  passes, measured as such, where the run's dtype is another).
 
 Every figure is an estimate: :func:`table` prints them, the run writes them to
 ``RUN/estimates.json`` and the report puts them beside the measured times.
@@ -41,21 +43,50 @@ ESTIMATES_FILE = "estimates.json"
 
 @dataclass
 class Costs:
-    """What the measurement found, in seconds (``step = a + b · rows`` per model)."""
+    """What the measurement found, in seconds."""
 
     start: float  # a stage's process: interpreter and imports
     load: dict[str, float] = field(default_factory=dict)  # model spec -> load time
-    step: dict[str, tuple[float, float]] = field(default_factory=dict)  # model spec -> (a, b)
+    # model spec -> [(rows, seconds of one decode step at that many rows)], rows ascending
+    step: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     token: dict[str, float] = field(default_factory=dict)  # model spec -> prefill seconds per token
     capacity: dict[str, int] = field(default_factory=dict)  # model spec -> rows that fit (eval budget)
+    # where the run's dtype is not float32: model spec -> its load widened to float32 and its
+    # prefill seconds per token in float32 (the adapter-effect check's reference)
+    load_float32: dict[str, float] = field(default_factory=dict)
+    token_float32: dict[str, float] = field(default_factory=dict)
 
 
-def _timed(fn, repeats: int = 2) -> float:
+def step_at(points: list[tuple[int, float]], rows: float) -> float:
+    """Seconds of one decode step at ``rows`` rows, interpolated linearly between the measured
+    ``points`` ((rows, seconds), rows ascending); past the largest, extended along the last
+    segment's slope (or in proportion to the rows, from a single point); below the smallest,
+    the smallest's time."""
+    if not points:
+        return 0.0
+    if rows <= points[0][0]:
+        return points[0][1]
+    for (r0, t0), (r1, t1) in zip(points, points[1:]):
+        if rows <= r1:
+            return t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
+    r1, t1 = points[-1]
+    if len(points) == 1:
+        return t1 * rows / r1
+    r0, t0 = points[-2]
+    return t1 + max(0.0, (t1 - t0) / (r1 - r0)) * (rows - r1)
+
+
+def _timed(fn, repeats: int = 2, enough: float = 1.0) -> float:
+    """The best of ``repeats`` timed calls of ``fn``, stopping after one that took at least
+    ``enough`` seconds (a long call's time is steady; repeating it only makes the wait longer)."""
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        best = min(best, took)
+        if took >= enough:
+            break
     return best
 
 
@@ -109,8 +140,19 @@ def start_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def measure(models: dict[str, int], context: int, dtype, device, budget_tokens: int) -> Costs:
-    """Measure ``models`` (spec -> the largest batch its stages decode at, 0: scoring only)."""
+def step_points(rows: list[int], capacity: int) -> list[int]:
+    """The row counts to time a model's decode step at: each batch a stage decodes at (capped
+    by ``capacity``), an eighth of each (a batch's tail, as its rows finish) and one row."""
+    out = {1}
+    for r in rows:
+        r = max(1, min(r, capacity))
+        out |= {r, max(1, r // 8)}
+    return sorted(out)
+
+
+def measure(models: dict[str, list[int]], context: int, dtype, device, budget_tokens: int, widened=()) -> Costs:
+    """Measure ``models`` (spec -> the batches its stages decode it at; empty: scoring only),
+    and, for each spec in ``widened``, its load and prefill in float32."""
     from .generation.sizing import batch_capacity, release_memory
     from .models import load_model
 
@@ -120,23 +162,25 @@ def measure(models: dict[str, int], context: int, dtype, device, budget_tokens: 
         model = load_model(spec, dtype, device)
         costs.load[spec] = time.perf_counter() - t0
         costs.token[spec] = prefill_seconds_per_token(model)
-        costs.capacity[spec] = batch_capacity(model, budget_tokens, 0 if rows <= 0 else 4096)
-        big = max(1, min(rows or 1, costs.capacity[spec]))
-        small = max(1, big // 8)
-        t_big = step_seconds(model, big, context)
-        t_small = step_seconds(model, small, context) if small != big else t_big
-        b = max(0.0, (t_big - t_small) / (big - small)) if big != small else 0.0
-        costs.step[spec] = (max(1e-4, t_big - b * big), b)
+        costs.capacity[spec] = batch_capacity(model, budget_tokens, 4096 if rows else 0)
+        points = step_points(rows, costs.capacity[spec]) if rows else [1]
+        costs.step[spec] = [(r, step_seconds(model, r, context)) for r in points]
         del model
         release_memory()
+        if spec in widened and dtype != torch.float32:
+            t0 = time.perf_counter()
+            model = load_model(spec, torch.float32, device)
+            costs.load_float32[spec] = time.perf_counter() - t0
+            costs.token_float32[spec] = prefill_seconds_per_token(model)
+            del model
+            release_memory()
     return costs
 
 
-def simulate_decode(
-    lengths: list[int], prompt_lengths: list[int], batch: int, a: float, b: float, token: float
-) -> float:
+def simulate_decode(lengths: list[int], prompt_lengths: list[int], batch: int, step, token: float) -> float:
     """Seconds the decoder takes for answers of ``lengths`` tokens, ``batch`` rows at a time,
-    new prompts joining once ``batch // 8`` rows are free (as :func:`generation.greedy_decode`)."""
+    new prompts joining once ``batch // 8`` rows are free (as :func:`generation.greedy_decode`);
+    ``step(rows)``: one decode step's seconds, ``token``: a prompt token's prefill seconds."""
     refill_at = max(1, batch // 8)
     queue = list(zip(lengths, prompt_lengths))
     left: list[int] = []  # tokens each running row still has to make
@@ -149,7 +193,7 @@ def simulate_decode(
             seconds += token * width * len(take)  # the joining prompts' prefill (padded to the longest)
             left += [n - 1 for n, _ in take]  # the prefill makes each one's first token
         else:
-            seconds += a + b * len(left)
+            seconds += step(len(left))
             left = [n - 1 for n in left]
         left = [n for n in left if n > 0]
     return seconds
@@ -188,29 +232,68 @@ def table(estimates: dict[str, float], actual: dict[str, float] | None = None) -
 # ---------------------------------------------------------------- a run's stages
 
 
-def _eval_problems(ev, tok) -> tuple[list[str], list[int], int]:
-    """(ids, prompt lengths, units) of an evaluation stage's problems."""
+def _eval_items(ev) -> tuple[list, int]:
+    """(items, work units) of an evaluation stage."""
     from .distributed import work_groups
     from .evaluation.benchmarks import load_items
+
+    items, units = [], 0
+    for name in [b.strip() for b in ev.benchmarks.split(",") if b.strip()]:
+        these = load_items(name, ev.data_dir, ev.limit, ev.seed)
+        units += len(work_groups(these, ev.group_size))
+        items += these
+    return items, units
+
+
+def _eval_problems(ev, tok) -> tuple[list[str], list[int], int]:
+    """(ids, prompt lengths, units) of an evaluation stage's problems."""
     from .prompts import encode_prompt
 
-    ids, lengths, units = [], [], 0
-    for name in [b.strip() for b in ev.benchmarks.split(",") if b.strip()]:
-        items = load_items(name, ev.data_dir, ev.limit, ev.seed)
-        units += len(work_groups(items, ev.group_size))
-        ids += [it.id for it in items]
-        lengths += [len(encode_prompt(tok, it.question, ev.system_prompt)) for it in items]
-    return ids, lengths, units
+    items, units = _eval_items(ev)
+    return [it.id for it in items], [len(encode_prompt(tok, it.question, ev.system_prompt)) for it in items], units
+
+
+def _sample_problems(sc) -> list:
+    from .data import load_problems
+
+    return load_problems(sc.data, sc.question_field, None, max_problems=sc.max_problems, seed=sc.seed)
+
+
+def _sft_problems(sf) -> list:
+    from .data import load_problems
+
+    return load_problems(sf.data, sf.question_field, sf.answer_field, max_problems=sf.max_problems, seed=sf.data_seed)
+
+
+def batches(command: str, sc) -> list[tuple[str, int]]:
+    """(model spec, rows) of each model a stage loads: the rows it decodes at once (its batch,
+    capped by the rows a work unit has; 0: the model is only scored or trained)."""
+    if command == "eval":
+        items, units = _eval_items(sc)
+        per_unit = max(1, math.ceil(len(items) / max(1, units)))
+        rows = min(sc.batch_size or sc.group_size, sc.group_size, per_unit)
+        return [(sc.model, rows)] + ([(sc.contrastive_amateur, rows)] if sc.contrastive_amateur else [])
+    if command == "sample":
+        n = len(_sample_problems(sc))
+        return [(sc.expert, max(1, min(sc.batch_size or sc.group_size, sc.group_size, n))), (sc.amateur, 0)]
+    if command == "sft":
+        wanted = sc.group_size * sc.samples_per_problem
+        n = len(_sft_problems(sc)) * sc.samples_per_problem
+        return [(sc.model, max(1, min(sc.sample_batch_size or wanted, wanted, n)))]
+    if command in ("train", "effect"):
+        return [(sc.model, 0)]
+    return []
 
 
 def _decode(costs: Costs, spec: str, lengths, prompts, batch: int, units: int, extra: str | None = None) -> float:
-    a, b = costs.step[spec]
-    token = costs.token[spec]
-    if extra:  # a second model decoding alongside (contrastive decoding)
-        a, b, token = a + costs.step[extra][0], b + costs.step[extra][1], token + costs.token[extra]
+    token = costs.token[spec] + (costs.token[extra] if extra else 0.0)
+
+    def step(rows: int) -> float:  # with a second model decoding alongside (contrastive decoding)
+        return step_at(costs.step[spec], rows) + (step_at(costs.step[extra], rows) if extra else 0.0)
+
     per = max(1, math.ceil(len(lengths) / max(1, units)))
     return sum(
-        simulate_decode(lengths[i : i + per], prompts[i : i + per], batch, a, b, token)
+        simulate_decode(lengths[i : i + per], prompts[i : i + per], batch, step, token)
         for i in range(0, len(lengths), per)
     )
 
@@ -220,6 +303,12 @@ def _train(costs: Costs, spec: str, train: dict, tokens: float) -> float:
     trajectory of ``tokens`` tokens each (forward and backward: about three forward passes)."""
     steps = train.get("max_steps") or 0
     return steps * (train.get("grad_accum") or 1) * 3 * costs.token[spec] * tokens
+
+
+def _rows(costs: Costs, command: str, sc) -> int:
+    """The rows a stage's first model decodes at, capped by what fits in memory."""
+    spec, rows = batches(command, sc)[0]
+    return max(1, min(rows, costs.capacity.get(spec, rows) or rows))
 
 
 def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> float:
@@ -234,20 +323,16 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         ids, prompts, units = _eval_problems(ev, tok)
         prior = configs["baseline"].out if Path(ev.out) != Path(configs["baseline"].out) else ev.out
         lengths = eval_lengths(Path(prior), ids, ev.max_new_tokens)
-        spec = ev.model
-        batch = min(ev.batch_size or ev.group_size, ev.group_size, costs.capacity.get(spec, 1)) or 1
         extra = ev.contrastive_amateur if ev.contrastive_amateur in costs.step else None
-        return costs.start + costs.load[spec] + _decode(costs, spec, lengths, prompts, batch, units, extra)
+        decode = _decode(costs, ev.model, lengths, prompts, _rows(costs, command, ev), units, extra)
+        return costs.start + costs.load[ev.model] + (costs.load[extra] if extra else 0.0) + decode
     if command == "sample":
         sc = stage_cfg
-        from .data import load_problems
-
-        probs = load_problems(sc.data, sc.question_field, None, max_problems=sc.max_problems, seed=sc.seed)
+        probs = _sample_problems(sc)
         prompts = [len(encode_prompt(tok, p.question, sc.system_prompt)) for p in probs]
         lengths = [sc.max_new_tokens] * len(probs)  # a trajectory's opening: it runs to its budget
-        batch = min(sc.batch_size or sc.group_size, sc.group_size)
         units = math.ceil(len(probs) / sc.group_size)
-        seconds = _decode(costs, sc.expert, lengths, prompts, batch, units)
+        seconds = _decode(costs, sc.expert, lengths, prompts, _rows(costs, command, sc), units)
         scored = sum(prompts) + sc.max_new_tokens * len(probs)  # teacher-forced scoring by the amateur
         seconds += scored * costs.token[sc.amateur] * (1 if sc.expert_scoring == "generation" else 2)
         return costs.start + costs.load[sc.expert] + costs.load[sc.amateur] + seconds
@@ -257,15 +342,11 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         return costs.start + costs.load[tc.model] + _train(costs, tc.model, {**vars(tc)}, tokens)
     if command == "sft":
         sf = stage_cfg
-        from .data import load_problems
-
-        probs = load_problems(
-            sf.data, sf.question_field, sf.answer_field, max_problems=sf.max_problems, seed=sf.data_seed
-        )
+        probs = _sft_problems(sf)
         prompts = [len(encode_prompt(tok, p.question, sf.system_prompt)) for p in probs] * sf.samples_per_problem
         lengths = [min(PRIOR_TOKENS, sf.max_new_tokens)] * len(prompts)
-        batch = min(sf.sample_batch_size or sf.group_size, sf.group_size)
-        seconds = _decode(costs, sf.model, lengths, prompts, batch, math.ceil(len(prompts) / sf.group_size))
+        units = math.ceil(len(probs) / sf.group_size)
+        seconds = _decode(costs, sf.model, lengths, prompts, _rows(costs, command, sf), units)
         tokens = sum(prompts) / max(1, len(prompts)) + min(PRIOR_TOKENS, sf.max_new_tokens)
         return costs.start + 2 * costs.load[sf.model] + seconds + _train(costs, sf.model, {**vars(sf)}, tokens)
     if command == "effect":
@@ -273,9 +354,11 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         tokens = ef.problems * (configs["_prompt_tokens"] + ef.positions)
         # float32 with and without the adapter, then the evaluation path's base and tuned model
         # (in float32 the path is the reference's own model: one load, one more pass)
-        same = configs["_dtype"] == "float32"
-        loads, passes = (1, 3) if same else (2, 4)
-        return costs.start + loads * costs.load[ef.model] + passes * tokens * costs.token[ef.model]
+        if configs["_dtype"] == "float32":
+            return costs.start + costs.load[ef.model] + 3 * tokens * costs.token[ef.model]
+        wide_load = costs.load_float32.get(ef.model, costs.load[ef.model])
+        wide_token = costs.token_float32.get(ef.model, costs.token[ef.model])
+        return costs.start + wide_load + costs.load[ef.model] + 2 * tokens * (wide_token + costs.token[ef.model])
     return 0.0
 
 
@@ -296,36 +379,40 @@ def estimate_run(cfg, configs: dict, stages: list, costs: Costs) -> dict[str, fl
     return {stage.name: stage_seconds(stage.command, sc, costs, configs, tok) for stage, sc in stages}
 
 
-def decoders(stages: list) -> dict[str, int]:
-    """Each model the stages load, with the largest batch they decode it at (0: not decoded)."""
-    out: dict[str, int] = {}
-
-    def add(spec: str | None, rows: int) -> None:
-        if spec:
-            out[spec] = max(out.get(spec, 0), rows)
-
+def decoders(stages: list) -> dict[str, list[int]]:
+    """Each model the stages load, with the batches they decode it at (empty: not decoded)."""
+    out: dict[str, set[int]] = {}
     for stage, sc in stages:
-        if stage.command == "eval":
-            add(sc.model, min(sc.batch_size or sc.group_size, sc.group_size))
-            add(sc.contrastive_amateur, min(sc.batch_size or sc.group_size, sc.group_size))
-        elif stage.command == "sample":
-            add(sc.expert, min(sc.batch_size or sc.group_size, sc.group_size))
-            add(sc.amateur, 0)
-        elif stage.command == "sft":
-            add(sc.model, min(sc.sample_batch_size or sc.group_size, sc.group_size))
-        elif stage.command in ("train", "effect"):
-            add(sc.model, 0)
-    return out
+        for spec, rows in batches(stage.command, sc):
+            if spec:
+                out.setdefault(spec, set()).update([rows] if rows else [])
+    return {spec: sorted(rows) for spec, rows in out.items()}
 
 
-def measure_in_subprocess(models: dict[str, int], context: int, dtype: str, device: str, budget: int) -> Costs:
+def widened(stages: list) -> list[str]:
+    """The models an adapter-effect stage loads in float32 too (its reference)."""
+    return sorted({sc.model for stage, sc in stages if stage.command == "effect"})
+
+
+def measure_in_subprocess(
+    models: dict[str, list[int]], context: int, dtype: str, device: str, budget: int, widened=()
+) -> Costs:
     """:func:`measure` in a process of its own, so that the memory it used is free again for
     the stages (their batch sizes follow the free memory)."""
-    args = json.dumps({"models": models, "context": context, "dtype": dtype, "device": device, "budget": budget})
+    args = json.dumps(
+        {
+            "models": models,
+            "context": context,
+            "dtype": dtype,
+            "device": device,
+            "budget": budget,
+            "widened": list(widened),
+        }
+    )
     code = "import sys; from lightreasoner.estimate import _child; _child(sys.argv[1])"
     out = subprocess.run([sys.executable, "-c", code, args], check=True, capture_output=True, text=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    data["step"] = {k: tuple(v) for k, v in data["step"].items()}
+    data["step"] = {k: [(int(r), float(t)) for r, t in v] for k, v in data["step"].items()}
     return Costs(**data)
 
 
@@ -338,5 +425,5 @@ def _child(args: str) -> None:
     logging.disable(logging.WARNING)
     a = json.loads(args)
     device = resolve_device(a["device"])
-    costs = measure(a["models"], a["context"], resolve_dtype(a["dtype"], device), device, a["budget"])
+    costs = measure(a["models"], a["context"], resolve_dtype(a["dtype"], device), device, a["budget"], a["widened"])
     print(json.dumps(asdict(costs)))

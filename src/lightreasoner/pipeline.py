@@ -340,7 +340,9 @@ def _estimate(cfg: RunConfig, configs: dict, pending: list, run: Path) -> dict[s
     quick_stages = plan_stages(stage_configs(quick))
     models = estimate.decoders(pending + quick_stages)
     budget = cfg.eval_max_new_tokens + 256
-    costs = estimate.measure_in_subprocess(models, 200 + cfg.eval_max_new_tokens // 2, cfg.dtype, cfg.device, budget)
+    context = 200 + cfg.eval_max_new_tokens // 2
+    wide = estimate.widened(pending + quick_stages)
+    costs = estimate.measure_in_subprocess(models, context, cfg.dtype, cfg.device, budget, wide)
     ahead = estimate.estimate_run(cfg, configs, pending, costs)
     total = sum(ahead.values())
     log.info("expected time per stage on this machine:\n%s", estimate.table(ahead))
