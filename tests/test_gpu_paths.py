@@ -188,3 +188,28 @@ def test_auto_dtype_on_gpus_counts_only_native_bfloat16(monkeypatch, caplog, maj
     assert resolve_dtype("auto", torch.device("cuda:0")) == want
     assert resolve_dtype("bfloat16", torch.device("cuda:0")) == torch.bfloat16  # asked for: given, with a warning
     assert ("no native bfloat16" in caplog.text) == (major < 8)
+
+
+@pytest.mark.parametrize(
+    "flags, want",
+    [
+        ("fpu sse avx2 fma", torch.float32),  # AVX2 only
+        ("fpu avx2 avx512f avx512bw avx512vl avx512_vnni", torch.float32),  # AVX-512 without BF16 (Cascade Lake)
+        ("fpu avx2 avx512f avx512_bf16", torch.bfloat16),  # Zen 4, Cooper Lake
+        ("fpu avx2 avx512f amx_bf16 amx_tile", torch.bfloat16),  # Sapphire Rapids
+    ],
+)
+def test_auto_dtype_on_cpus_counts_only_native_bfloat16(monkeypatch, caplog, flags, want):
+    """oneDNN's own check says bf16 is supported on any AVX-512 CPU, where it is converted and a
+    64-row product runs 3x slower than float32: auto must read the native instructions."""
+    from lightreasoner import provenance
+    from lightreasoner.models import resolve_dtype
+
+    monkeypatch.setattr(provenance, "_cpuinfo", lambda: ["model name\t: Some CPU", f"flags\t\t: {flags}"])
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert resolve_dtype("auto", torch.device("cpu")) == want
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16  # asked for: given, with a warning
+    assert ("no native bfloat16" in caplog.text) == (want == torch.float32)
+    # no x86 flags to read (another OS or architecture): oneDNN's check decides
+    monkeypatch.setattr(provenance, "_cpuinfo", lambda: [])
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16

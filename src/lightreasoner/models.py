@@ -27,6 +27,7 @@ from transformers import (
 from .distributed import launched
 from .errors import LightReasonerError
 from .offline import PREFIX as EMBEDDED_PREFIX
+from .provenance import NATIVE_BF16_FLAGS, cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX).
-    Without it, PyTorch emulates them and bfloat16 runs several times slower than float32."""
+    Without it, PyTorch emulates them and bfloat16 runs several times slower than float32.
+
+    Read from the processor's flags: oneDNN's own check (``_is_mkldnn_bf16_supported``) also
+    says yes on AVX-512 CPUs without those instructions (Skylake to Ice Lake), where a bf16
+    product of 64 rows ran 3x slower than float32 (docs/speed.md). Where there are no x86
+    flags to read (another OS or architecture), oneDNN's check decides."""
+    flags = cpu_flags()
+    if flags:
+        return any(f in flags for f in NATIVE_BF16_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

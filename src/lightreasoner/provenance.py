@@ -39,11 +39,22 @@ def cpu_model() -> str:
     return f"{names[0]} x {len(names)}" if names else platform.processor() or platform.machine()
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""The x86 flags of native bfloat16 arithmetic: AVX512-BF16 (Cooper Lake, Zen 4 and later)
+and AMX (Sapphire Rapids and later)."""
+
+
+def cpu_flags() -> set[str]:
+    """The processor's x86 feature flags (``/proc/cpuinfo``); empty where it has none to
+    read (another OS, another architecture)."""
+    return set(next((ln.split(":", 1)[1].split() for ln in _cpuinfo() if ln.startswith("flags")), []))
+
+
 def cpu_name() -> str:
     """:func:`cpu_model` with the processor's native bf16 and AMX flags, e.g.
     ``AMD EPYC x 2 (avx512_bf16)``."""
-    flags = next((ln.split(":", 1)[1].split() for ln in _cpuinfo() if ln.startswith("flags")), [])
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    flags = cpu_flags()
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
     return cpu_model() + (f" ({', '.join(native)})" if native else " (no native bf16)")
 
 
