@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lightreasoner.generation.decoder import greedy_decode
-from lightreasoner.models import end_token_ids, load_tokenizer, load_with_adapter, resolve_source
+from lightreasoner.models import end_token_ids, load_tokenizer, resolve_source, tuned_model
 from lightreasoner.precision import _load, compare_paths, eval_sequences, path_logits, path_name, reference_logits
 from lightreasoner.prompts import EVAL_SYSTEM_PROMPT
 
@@ -35,8 +35,7 @@ PATHS = [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True)]
 
 def decode_speed(model_spec: str, adapter: str, dtype: torch.dtype, merged: bool, prompts, tok, new_tokens: int):
     """Generated tokens per second of greedy decoding of ``prompts`` in one batch."""
-    peft = load_with_adapter(_load(model_spec, dtype, "cpu"), adapter)
-    model = peft.merge_and_unload() if merged else peft
+    model = tuned_model(_load(model_spec, dtype, "cpu"), adapter, merged)
     stops = end_token_ids(model.config.eos_token_id, tok, chat_ends=True)
     greedy_decode(model, prompts[:1], 2, stops, tok.pad_token_id or 0, 1)  # warm-up
     t0 = time.perf_counter()

@@ -421,7 +421,7 @@ def eval_args(s: Setup, out: Path, backend: str) -> list[str]:
 def check_vllm_eval(s: Setup) -> Result:
     from lightreasoner.generation.decoder import greedy_decode
     from lightreasoner.generation.vllm import VLLMGenerator
-    from lightreasoner.models import end_token_ids, load_model, load_tokenizer, load_with_adapter, merges_adapter
+    from lightreasoner.models import end_token_ids, load_model, load_tokenizer, merges_adapter, tuned_model
 
     if not s.adapter:
         return Result("vllm-eval", "SKIP", ["no adapter: the train check did not pass"])
@@ -432,9 +432,8 @@ def check_vllm_eval(s: Setup) -> Result:
         theirs = [c.ids for c in gen.generate_ids(prompts)]
     finally:
         gen.close()
-    model = load_with_adapter(load_model(s.expert, torch.bfloat16, s.device), s.adapter)
-    if merges_adapter(torch.bfloat16):  # no: in bf16 every backend evaluates the LoRA unmerged
-        model = model.merge_and_unload()
+    # in bf16 every backend evaluates the LoRA unmerged (merges_adapter says no)
+    model = tuned_model(load_model(s.expert, torch.bfloat16, s.device), s.adapter, merges_adapter(torch.bfloat16))
     stops = end_token_ids(model.generation_config.eos_token_id, tok, chat_ends=True)
     ours = [c.ids for c in greedy_decode(model, prompts, s.tokens, stops, tok.pad_token_id, 8)]
     same, near, real = compare_ids(model, prompts, ours, theirs)

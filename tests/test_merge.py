@@ -3,8 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lightreasoner.config import MergeConfig
-from lightreasoner.merge import load_with_adapter, merge
-from lightreasoner.models import load_model, load_tokenizer
+from lightreasoner.merge import merge
+from lightreasoner.models import load_model, load_tokenizer, load_with_adapter
 from lightreasoner.prompts import SAMPLING_SYSTEM_PROMPT, encode_prompt
 
 

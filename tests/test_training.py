@@ -136,7 +136,7 @@ def test_training_lowers_the_loss_and_resumes(pair, samples, tmp_path, monkeypat
     assert len(calls) == 3 + 9  # continued from checkpoint-3 instead of starting again
     tok = load_tokenizer(str(expert))
     ex = to_examples(read_records(samples), tok, 420, "Please reason step by step.")
-    from lightreasoner.merge import load_with_adapter
+    from lightreasoner.models import load_with_adapter
 
     base = load_model(str(expert))
     before = soft_label_loss(base, SoftLabelCollator(tok.pad_token_id)(list(enumerate(ex)))).item()

@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import MergeConfig
 from .errors import LightReasonerError
 from .io import atomic_write_json, temp_path
-from .models import load_model, load_tokenizer, load_with_adapter, resolve_device, resolve_dtype, resolve_source
+from .models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source, tuned_model
 from .precision import delta_weight_stats
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,6 @@ def survival_warnings(survival: dict[str, dict[str, float]], dtype) -> list[str]
         for module, s in survival.items()
         if s["relative_error"] > LOSS_WARNING or s["vanished_share"] > LOSS_WARNING
     ]
-
-
-def tuned_model(base, adapter: str | Path, merged: bool, inspect=None):
-    """The one way an adapter becomes a model: ``base`` (a loaded model) with the PEFT adapter
-    at ``adapter``, merged into its weights (``W + ΔW`` in the model's dtype, a plain
-    transformers model) or kept as a PEFT model (the base output plus ``x·A·B·scale``).
-    ``inspect(peft_model)`` sees the adapter applied, before any merge."""
-    peft_model = load_with_adapter(base, adapter)
-    if inspect is not None:
-        inspect(peft_model)
-    return peft_model.merge_and_unload() if merged else peft_model
 
 
 def merge(cfg: MergeConfig) -> Path:

@@ -238,6 +238,18 @@ def load_with_adapter(base, adapter: str | Path):
     return PeftModel.from_pretrained(base, str(path)).eval()
 
 
+def tuned_model(base, adapter: str | Path, merged: bool, inspect=None):
+    """The one way an adapter becomes a model (merge, every evaluation backend's hf path and
+    the adapter-effect check use it): ``base`` (a loaded model) with the PEFT adapter at
+    ``adapter``, merged into its weights (``W + ΔW`` in the model's dtype, a plain transformers
+    model) or kept as a PEFT model (the base output plus ``x·A·B·scale``).
+    ``inspect(peft_model)`` sees the adapter applied, before any merge."""
+    peft_model = load_with_adapter(base, adapter)
+    if inspect is not None:
+        inspect(peft_model)
+    return peft_model.merge_and_unload() if merged else peft_model
+
+
 CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
 
 

@@ -199,28 +199,33 @@ def reference_logits(model: str, adapter: str, sequences, path_dtype: torch.dtyp
 
 
 def _load_tuned32(model: str, adapter: str, device: str, **load):
-    from .models import load_with_adapter
+    from .models import tuned_model
 
-    return load_with_adapter(_load(model, torch.float32, device, **load), adapter)
+    return tuned_model(_load(model, torch.float32, device, **load), adapter, merged=False)
 
 
 def _reference(peft32, sequences, path_dtype: torch.dtype):
     tuned32 = position_logits(peft32, sequences)
-    with peft32.disable_adapter():
-        base32 = position_logits(peft32, sequences)
-    return base32, tuned32, delta_weight_stats(peft32, path_dtype)
+    return _base(peft32, sequences), tuned32, delta_weight_stats(peft32, path_dtype)
 
 
 def path_logits(model: str, adapter: str, sequences, dtype: torch.dtype, merged: bool, device: str = "cpu", **load):
     """Logits of the base model and of the tuned model as an evaluation path computes them:
     in ``dtype``, the adapter merged into the weights or kept unmerged (PEFT keeps LoRA
     weights in float32 over a bf16/fp16 base)."""
-    from .models import load_with_adapter
+    from .models import tuned_model
 
-    peft = load_with_adapter(_load(model, dtype, device, **load), adapter)
+    base: list[torch.Tensor] = []
+    tuned = tuned_model(
+        _load(model, dtype, device, **load), adapter, merged, lambda peft: base.extend(_base(peft, sequences))
+    )
+    return base, position_logits(tuned, sequences)
+
+
+def _base(peft, sequences) -> list[torch.Tensor]:
+    """The base model's logits, the adapter of ``peft`` switched off."""
     with peft.disable_adapter():
-        base = position_logits(peft, sequences)
-    return base, position_logits(peft.merge_and_unload() if merged else peft, sequences)
+        return position_logits(peft, sequences)
 
 
 def compare_paths(base32, tuned32, base_p, tuned_p) -> dict[str, float]:
@@ -251,13 +256,20 @@ def measure_effect(
     Returns :func:`effect_figures`, the weight survival per module (``weights``) and seconds
     spent on each. Holds one model at a time in memory.
     """
+    from .models import tuned_model
+
     load = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     t0 = time.perf_counter()
     if path_dtype == torch.float32:  # the path is the reference's own model: one load, the base's logits once
-        peft32 = _load_tuned32(model, adapter, device, **load)
-        base32, tuned32, weights = _reference(peft32, sequences, path_dtype)
-        t1 = time.perf_counter()
-        base_p, tuned_p = base32, position_logits(peft32.merge_and_unload() if merged else peft32, sequences)
+        ref: list = []
+        tuned = tuned_model(
+            _load(model, torch.float32, device, **load),
+            adapter,
+            merged,
+            lambda peft32: ref.extend(_reference(peft32, sequences, path_dtype)),
+        )
+        (base32, tuned32, weights), t1 = ref, time.perf_counter()
+        base_p, tuned_p = base32, position_logits(tuned, sequences)
     else:
         base32, tuned32, weights = reference_logits(model, adapter, sequences, path_dtype, device, **load)
         t1 = time.perf_counter()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..merge import tuned_model
 from ..models import (
     check_pair,
     end_token_ids,
@@ -18,6 +17,7 @@ from ..models import (
     resolve_device,
     resolve_dtype,
     resolve_source,
+    tuned_model,
 )
 from .base import Backend, Generated, OnCompletion, OnResult, Request, generated
 from .decoder import Completion, contrastive_combine, first_logits, greedy_decode
