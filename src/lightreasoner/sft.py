@@ -56,6 +56,7 @@ from .prompts import encode_prompt
 from .records import RUNTIME, ResumableWriter, check_resume_fingerprint, summary_path
 from .training import (
     RESULT_FIELDS,
+    TRAIN_FINGERPRINT,
     IndexedDataset,
     SeenTrainer,
     batch_fields,
@@ -191,7 +192,7 @@ def sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
 
 def clear(out: Path) -> None:
     """What an earlier run left in ``out``: solutions, checkpoints, adapter, summaries."""
-    for name in (SOLUTIONS, SOLUTIONS + ".partial", SOLUTIONS + ".progress", SFT_SUMMARY, "train_fingerprint.json"):
+    for name in (SOLUTIONS, SOLUTIONS + ".partial", SOLUTIONS + ".progress", SFT_SUMMARY, TRAIN_FINGERPRINT):
         (out / name).unlink(missing_ok=True)
     summary_path(out / SOLUTIONS).unlink(missing_ok=True)
     for f in out.glob("adapter_*"):
