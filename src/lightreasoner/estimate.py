@@ -120,23 +120,28 @@ def step_seconds(model, rows: int, context: int) -> float:
 
 
 @torch.inference_mode()
-def prefill_seconds_per_token(model, tokens: int = 256, rows: int = 2) -> float:
-    ids = torch.ones(rows, tokens, dtype=torch.long, device=model.device)
+def prefill_seconds_per_token(model, tokens: int = 256, rows: int = 1) -> float:
+    """A token's share of one forward pass over ``rows`` × ``tokens`` (a prompt, or a packed
+    training sequence: hundreds of rows of matrix products, where the compute binds), after a
+    short warm-up pass."""
 
-    def once() -> None:
-        model(input_ids=ids, logits_to_keep=1)
+    def once(n: int) -> None:
+        model(input_ids=torch.ones(rows, n, dtype=torch.long, device=model.device), logits_to_keep=1)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
 
-    once()
-    return _timed(once) / (rows * tokens)
+    once(8)
+    return _timed(lambda: once(tokens)) / (rows * tokens)
+
+
+STAGE_IMPORTS = ("torch", "transformers", "peft", "lightreasoner.cli")
+"""What a stage's process imports before its work."""
 
 
 def start_seconds() -> float:
     """A stage process's start: the interpreter and the imports every stage makes."""
-    code = "import torch, transformers, peft; import lightreasoner.cli"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=False, capture_output=True)
+    subprocess.run([sys.executable, "-c", f"import {', '.join(STAGE_IMPORTS)}"], check=False, capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -150,13 +155,22 @@ def step_points(rows: list[int], capacity: int) -> list[int]:
     return sorted(out)
 
 
-def measure(models: dict[str, list[int]], context: int, dtype, device, budget_tokens: int, widened=()) -> Costs:
+def measure(
+    models: dict[str, list[int]],
+    context: int,
+    dtype,
+    device,
+    budget_tokens: int,
+    widened=(),
+    start: float | None = None,
+) -> Costs:
     """Measure ``models`` (spec -> the batches its stages decode it at; empty: scoring only),
-    and, for each spec in ``widened``, its load and prefill in float32."""
+    and, for each spec in ``widened``, its load and prefill in float32. ``start``: a stage
+    process's start where the caller timed one (else a process is started to time it)."""
     from .generation.sizing import batch_capacity, release_memory
     from .models import load_model
 
-    costs = Costs(start=start_seconds())
+    costs = Costs(start=start_seconds() if start is None else start)
     for spec, rows in models.items():
         t0 = time.perf_counter()
         model = load_model(spec, dtype, device)
@@ -401,17 +415,10 @@ def measure_in_subprocess(
 ) -> Costs:
     """:func:`measure` in a process of its own, so that the memory it used is free again for
     the stages (their batch sizes follow the free memory)."""
-    args = json.dumps(
-        {
-            "models": models,
-            "context": context,
-            "dtype": dtype,
-            "device": device,
-            "budget": budget,
-            "widened": list(widened),
-        }
-    )
     code = "import sys; from lightreasoner.estimate import _child; _child(sys.argv[1])"
+    a = {"models": models, "context": context, "dtype": dtype, "device": device, "budget": budget}
+    # the child's own start (interpreter and a stage's imports, from this moment) is a stage's start
+    args = json.dumps({**a, "widened": list(widened), "launched": time.time()})
     out = subprocess.run([sys.executable, "-c", code, args], check=True, capture_output=True, text=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     data["step"] = {k: [(int(r), float(t)) for r, t in v] for k, v in data["step"].items()}
@@ -419,13 +426,18 @@ def measure_in_subprocess(
 
 
 def _child(args: str) -> None:
+    import importlib
     import logging
     from dataclasses import asdict
 
+    for name in STAGE_IMPORTS:
+        importlib.import_module(name)
+    a = json.loads(args)
+    start = time.time() - a["launched"]
     from .models import resolve_device, resolve_dtype
 
     logging.disable(logging.WARNING)
-    a = json.loads(args)
     device = resolve_device(a["device"])
-    costs = measure(a["models"], a["context"], resolve_dtype(a["dtype"], device), device, a["budget"], a["widened"])
+    dtype = resolve_dtype(a["dtype"], device)
+    costs = measure(a["models"], a["context"], dtype, device, a["budget"], a["widened"], start)
     print(json.dumps(asdict(costs)))
