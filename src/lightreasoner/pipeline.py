@@ -38,7 +38,7 @@ QUICK = {
     "smoke_test": True,
     "max_problems": 4,
     "eval_limit": 4,
-    "eval_max_new_tokens": 96,
+    "eval_max_new_tokens": 64,  # every answer is cut off either way: the decode is most of an eval stage
     "sample": {"max_new_tokens": 32},
     # two optimizer steps of one micro-batch each: a training step of the 1.5B expert on a CPU is
     # its forward and backward passes, the slowest part of a smoke test
