@@ -108,3 +108,12 @@ def test_a_run_prints_and_records_its_estimate_and_the_report_compares(pair, tmp
         run_experiment(cfg, show_progress=False)
     assert not any("expected time" in r.message for r in caplog.records)
     assert json.loads((tmp_path / "r/estimates.json").read_text()) == est
+
+
+def test_epochs_set_the_steps_over_the_examples_and_win_over_max_steps():
+    from lightreasoner.estimate import optimizer_steps
+
+    assert optimizer_steps({"max_steps": 250, "batch_size": 8, "grad_accum": 2}, 3724) == 250
+    # the study's SFT: one epoch over at most 320 kept solutions in global batches of 2 x 8
+    assert optimizer_steps({"max_steps": 1000, "epochs": 1.0, "batch_size": 2, "grad_accum": 8}, 320) == 20
+    assert optimizer_steps({"max_steps": 1000, "epochs": 2.0, "batch_size": 2, "grad_accum": 8}, 321) == 41

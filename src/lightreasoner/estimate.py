@@ -312,12 +312,27 @@ def _decode(costs: Costs, spec: str, lengths, prompts, batch: int, units: int, e
     )
 
 
-def _train(costs: Costs, spec: str, train: dict, tokens: float) -> float:
-    """``max_steps`` optimizer steps of ``grad_accum`` micro-batches over one packed
-    trajectory of ``tokens`` tokens each (forward and backward: about three forward passes),
-    the first step counted twice: it also allocates the optimizer's state and the autograd
-    buffers (the quick run's first step took 9.5 s, its second 5 s, on a 2-core Xeon in fp32)."""
-    steps = train.get("max_steps") or 0
+RECORDS_PER_TRAJECTORY = 12
+"""Selected steps of one 128-token trajectory opening when a run has not sampled yet (the
+default run kept 3,724 records of 320 trajectories at β 0.4: 11.6 each)."""
+
+
+def optimizer_steps(train: dict, examples: float) -> int:
+    """A training stage's optimizer steps: ``max_steps``, or with ``epochs`` set (which wins, as
+    in training) that many passes over ``examples`` in global batches of ``batch_size ×
+    grad_accum``."""
+    if train.get("epochs"):
+        per_step = (train.get("batch_size") or 1) * (train.get("grad_accum") or 1)
+        return math.ceil(train["epochs"] * examples / per_step)
+    return max(0, train.get("max_steps") or 0)
+
+
+def _train(costs: Costs, spec: str, train: dict, tokens: float, examples: float) -> float:
+    """The optimizer steps (:func:`optimizer_steps`) of ``grad_accum`` micro-batches of
+    ``tokens`` tokens each (forward and backward: about three forward passes), the first step
+    counted twice: it also allocates the optimizer's state and the autograd buffers (the
+    quick run's first step took 9.5 s, its second 5 s, on a 2-core Xeon in fp32)."""
+    steps = optimizer_steps(train, examples)
     return (steps + 1 if steps else 0) * (train.get("grad_accum") or 1) * 3 * costs.token[spec] * tokens
 
 
@@ -353,9 +368,10 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         seconds += scored * costs.token[sc.amateur] * (1 if sc.expert_scoring == "generation" else 2)
         return costs.start + costs.load[sc.expert] + costs.load[sc.amateur] + seconds
     if command == "train":
-        tc = stage_cfg
-        tokens = configs["_train_tokens"]
-        return costs.start + costs.load[tc.model] + _train(costs, tc.model, {**vars(tc)}, tokens)
+        tc = stage_cfg  # a micro-batch is one trajectory's records, packed into one sequence
+        samples = Path(tc.samples)
+        records = sum(1 for _ in samples.open()) if samples.is_file() else RECORDS_PER_TRAJECTORY * configs["_problems"]
+        return costs.start + costs.load[tc.model] + _train(costs, tc.model, vars(tc), configs["_train_tokens"], records)
     if command == "sft":
         sf = stage_cfg
         probs = _sft_problems(sf)
@@ -363,8 +379,10 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         lengths = [min(PRIOR_TOKENS, sf.max_new_tokens)] * len(prompts)
         units = math.ceil(len(probs) / sf.group_size)
         seconds = _decode(costs, sf.model, lengths, prompts, _rows(costs, command, sf), units)
-        tokens = sum(prompts) / max(1, len(prompts)) + min(PRIOR_TOKENS, sf.max_new_tokens)
-        return costs.start + 2 * costs.load[sf.model] + seconds + _train(costs, sf.model, {**vars(sf)}, tokens)
+        # a micro-batch is ``batch_size`` solutions; at most ``keep_per_problem`` are kept a problem
+        tokens = sf.batch_size * (sum(prompts) / max(1, len(prompts)) + min(PRIOR_TOKENS, sf.max_new_tokens))
+        kept = len(probs) * sf.keep_per_problem
+        return costs.start + 2 * costs.load[sf.model] + seconds + _train(costs, sf.model, vars(sf), tokens, kept)
     if command == "effect":
         ef = stage_cfg
         tokens = ef.problems * (configs["_prompt_tokens"] + ef.positions)
@@ -391,7 +409,13 @@ def estimate_run(cfg, configs: dict, stages: list, costs: Costs) -> dict[str, fl
     from .models import resolve_device, resolve_dtype
 
     dtype = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
-    configs = {**configs, "_train_tokens": prompt + sample_tokens, "_prompt_tokens": prompt, "_dtype": dtype}
+    configs = {
+        **configs,
+        "_train_tokens": prompt + sample_tokens,
+        "_prompt_tokens": prompt,
+        "_dtype": dtype,
+        "_problems": len(probs),
+    }
     return {stage.name: stage_seconds(stage.command, sc, costs, configs, tok) for stage, sc in stages}
 
 
