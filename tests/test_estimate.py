@@ -2,6 +2,7 @@
 evaluation, the measurement on a tiny model, and a run that prints and records it."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,75 @@ def test_epochs_set_the_steps_over_the_examples_and_win_over_max_steps():
     # the study's SFT: one epoch over at most 320 kept solutions in global batches of 2 x 8
     assert optimizer_steps({"max_steps": 1000, "epochs": 1.0, "batch_size": 2, "grad_accum": 8}, 320) == 20
     assert optimizer_steps({"max_steps": 1000, "epochs": 2.0, "batch_size": 2, "grad_accum": 8}, 321) == 41
+
+
+def test_a_resumed_stage_is_estimated_by_what_it_has_left(pair, tmp_path):
+    """Finished work units (evaluation rows, sampled problems) and a training checkpoint
+    leave only the rest to estimate; the start and the loads count in full."""
+    from lightreasoner.config import RunConfig, build
+    from lightreasoner.estimate import Costs, stage_seconds, table
+    from lightreasoner.evaluation.benchmarks import load_items
+    from lightreasoner.models import load_tokenizer
+    from lightreasoner.pipeline import default_config, merge_dicts, plan_stages, stage_configs
+    from lightreasoner.records import SEEN_RECORDS
+
+    settings = {"out": str(tmp_path / "r"), "methods": ["lightr", "sft"]}
+    cfg = build(RunConfig, merge_dicts(default_config(), settings), {})
+    configs = stage_configs(cfg)
+    stages = {s.name: (s.command, sc) for s, sc in plan_stages(configs) if s.command}
+    costs = Costs(
+        start=1.0,
+        load={cfg.expert: 2.0, cfg.amateur: 1.0},
+        step={cfg.expert: [(1, 0.05), (16, 0.2), (400, 2.0)], cfg.amateur: []},
+        token={cfg.expert: 0.001, cfg.amateur: 0.0005},
+    )
+    context = {**configs, "_train_tokens": 250.0, "_prompt_tokens": 100.0, "_dtype": "float32", "_problems": 320}
+    tok = load_tokenizer(str(pair[0]))
+
+    def both(name: str) -> tuple[float, float]:
+        command, sc = stages[name]
+        return tuple(stage_seconds(command, sc, costs, context, tok, left) for left in (False, True))
+
+    def progress(out: Path, indexes: list) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = [{"fingerprint": {}}, {"problems": [{"index": i, "records": 1} for i in indexes]}]
+        out.with_name(out.name + ".progress").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    # nothing done yet: the rest is the whole
+    whole, left = both("baseline evaluation")
+    assert left == whole and whole > costs.start + costs.load[cfg.expert]
+    # an evaluation with every row published has only its start and load left; a torn unit counts nothing
+    ev = stages["baseline evaluation"][1]
+    items = load_items("gsm8k", ev.data_dir, ev.limit, ev.seed)
+    out = Path(ev.out) / "gsm8k.jsonl"
+    out.parent.mkdir(parents=True)
+    out.write_text("".join(json.dumps({"id": it.id, "tokens": 200}) + "\n" for it in items[:100]))
+    progress(out, [it.id for it in items[100:]])
+    assert both("baseline evaluation")[1] == pytest.approx(costs.start + costs.load[cfg.expert])
+    # sampling: 3 of 20 units of 16 problems done leave 17
+    command, sc = stages["trajectories (Qwen2.5-Coder-0.5B-Instruct)"]
+    progress(Path(sc.out), list(range(48)))
+    whole, left = both("trajectories (Qwen2.5-Coder-0.5B-Instruct)")
+    fixed = costs.start + costs.load[cfg.expert] + costs.load[cfg.amateur]
+    assert (left - fixed) == pytest.approx((whole - fixed) * 17 / 20, rel=0.05)
+    # training resumes from its last whole checkpoint: 125 of 250 steps left (the first counted twice)
+    command, tc = stages["lightr: fine-tuning"]
+    for step, whole_save in ((125, True), (150, False)):
+        (Path(tc.output_dir) / f"checkpoint-{step}").mkdir(parents=True)
+        if whole_save:
+            (Path(tc.output_dir) / f"checkpoint-{step}" / SEEN_RECORDS).write_text("[]")
+    whole, left = both("lightr: fine-tuning")
+    fixed = costs.start + costs.load[cfg.expert]
+    assert (left - fixed) == pytest.approx((whole - fixed) * 126 / 251)
+    # SFT: its sampling's finished problems and its training's checkpoint both count
+    command, sf = stages["sft: sampling and fine-tuning"]
+    whole = both("sft: sampling and fine-tuning")[0]
+    progress(Path(sf.output_dir) / "solutions.jsonl", list(range(160)))
+    half = both("sft: sampling and fine-tuning")[1]
+    (Path(sf.output_dir) / "checkpoint-5").mkdir()
+    (Path(sf.output_dir) / "checkpoint-5" / SEEN_RECORDS).write_text("[]")
+    assert whole > half > both("sft: sampling and fine-tuning")[1] > costs.start + 2 * costs.load[cfg.expert]
+    # the console's table shows what is left beside the estimate only when a stage was begun
+    assert "Left" in table({"a": 100.0, "b": 50.0}, left={"a": 40.0, "b": 50.0})
+    assert "**1m 30s**" in table({"a": 100.0, "b": 50.0}, left={"a": 40.0, "b": 50.0})
+    assert "Left" not in table({"a": 100.0}, left={"a": 100.0})

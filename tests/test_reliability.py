@@ -259,13 +259,14 @@ def test_run_killed_at_a_random_moment_resumes_to_the_same_results(uninterrupted
 
 
 def test_resume_passes_over_a_checkpoint_whose_save_was_interrupted(tmp_path, caplog):
-    from lightreasoner.training import SEEN_RECORDS, last_checkpoint
+    from lightreasoner.records import SEEN_RECORDS, checkpoint_step, last_checkpoint
 
     assert last_checkpoint(tmp_path / "none") is None
     for step, whole in ((2, True), (4, True), (6, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
         if whole:
             (tmp_path / f"checkpoint-{step}" / SEEN_RECORDS).write_text("[]")
-    with caplog.at_level("WARNING", logger="lightreasoner.training"):
+    with caplog.at_level("WARNING", logger="lightreasoner.records"):
         assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert "checkpoint-6 was not saved whole" in caplog.text
+    assert checkpoint_step(tmp_path) == 4 and checkpoint_step(tmp_path / "none") == 0  # what an estimate counts done

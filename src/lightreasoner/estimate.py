@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from .files import SOLUTIONS
+
 PRIOR_TOKENS = 300
 """An answer's length in tokens (at most the budget) when the run has no evaluation of the
 same problems yet: zero-shot chain-of-thought answers to GSM8K-style problems by small
@@ -230,16 +232,24 @@ def eval_lengths(folder: Path | None, ids: list[str], budget: int) -> list[int]:
     return [min(budget, known.get(str(i), PRIOR_TOKENS)) for i in ids]
 
 
-def table(estimates: dict[str, float], actual: dict[str, float] | None = None) -> str:
+def table(
+    estimates: dict[str, float], actual: dict[str, float] | None = None, left: dict[str, float] | None = None
+) -> str:
+    """A markdown table of each stage's estimate, beside its ``actual`` time or, for a run
+    that resumes, what is ``left`` of it (a column only when some stage was begun)."""
     from .report.tables import hms
 
+    if left is not None and all(abs(left.get(s, t) - t) < 0.5 for s, t in estimates.items()):
+        left = None
+    extra, values = ("Actual", actual) if actual is not None else ("Left", left)
     lines = [
-        "| Stage | Estimate |" + (" Actual |" if actual is not None else ""),
-        "|---|---|" + ("---|" if actual else ""),
+        "| Stage | Estimate |" + (f" {extra} |" if values is not None else ""),
+        "|---|---|" + ("---|" if values else ""),
     ]
     for s, t in estimates.items():
-        lines.append(f"| {s} | {hms(t)} |" + (f" {hms(actual[s])} |" if actual and s in actual else ""))
-    lines.append(f"| **total** | {hms(sum(estimates.values()))} |")
+        lines.append(f"| {s} | {hms(t)} |" + (f" {hms(values[s])} |" if values and s in values else ""))
+    total = f"| **total** | {hms(sum(estimates.values()))} |"
+    lines.append(total + (f" **{hms(sum(left.values()))}** |" if left is not None and actual is None else ""))
     return "\n".join(lines)
 
 
@@ -259,12 +269,33 @@ def _eval_items(ev) -> tuple[list, int]:
     return items, units
 
 
-def _eval_problems(ev, tok) -> tuple[list[str], list[int], int]:
-    """(ids, prompt lengths, units) of an evaluation stage's problems."""
+def _eval_problems(ev, tok, left: bool = False) -> tuple[list[str], list[int], int]:
+    """(ids, prompt lengths, units) of an evaluation stage's problems (with ``left``, those
+    it has not finished yet, in as many units as they fill)."""
+    from .distributed import work_groups
+    from .evaluation.benchmarks import load_items
     from .prompts import encode_prompt
+    from .records import finished_problems
 
-    items, units = _eval_items(ev)
-    return [it.id for it in items], [len(encode_prompt(tok, it.question, ev.system_prompt)) for it in items], units
+    ids, prompts, units = [], [], 0
+    for name in [b.strip() for b in ev.benchmarks.split(",") if b.strip()]:
+        items = load_items(name, ev.data_dir, ev.limit, ev.seed)
+        per = max(1, math.ceil(len(items) / max(1, len(work_groups(items, ev.group_size)))))
+        if left:
+            done = {str(k) for k in finished_problems(Path(ev.out) / f"{name}.jsonl", key="id")}
+            items = [it for it in items if str(it.id) not in done]
+        units += math.ceil(len(items) / per)
+        ids += [it.id for it in items]
+        prompts += [len(encode_prompt(tok, it.question, ev.system_prompt)) for it in items]
+    return ids, prompts, units
+
+
+def _not_done(problems: list, out: Path, left: bool) -> list:
+    """``problems`` without those the output ``out`` has finished (``left``), else all."""
+    from .records import finished_problems
+
+    done = finished_problems(out) if left else set()
+    return [p for p in problems if p.index not in done]
 
 
 def _sample_problems(sc) -> list:
@@ -327,12 +358,17 @@ def optimizer_steps(train: dict, examples: float) -> int:
     return max(0, train.get("max_steps") or 0)
 
 
-def _train(costs: Costs, spec: str, train: dict, tokens: float, examples: float) -> float:
-    """The optimizer steps (:func:`optimizer_steps`) of ``grad_accum`` micro-batches of
-    ``tokens`` tokens each (forward and backward: about three forward passes), the first step
-    counted twice: it also allocates the optimizer's state and the autograd buffers (the
-    quick run's first step took 9.5 s, its second 5 s, on a 2-core Xeon in fp32)."""
+def _train(costs: Costs, spec: str, train: dict, tokens: float, examples: float, left: bool = False) -> float:
+    """The optimizer steps (:func:`optimizer_steps`; with ``left``, those after the checkpoint
+    the stage resumes from) of ``grad_accum`` micro-batches of ``tokens`` tokens each (forward
+    and backward: about three forward passes), the first step counted twice: it also allocates
+    the optimizer's state and the autograd buffers (the quick run's first step took 9.5 s, its
+    second 5 s, on a 2-core Xeon in fp32)."""
+    from .records import checkpoint_step
+
     steps = optimizer_steps(train, examples)
+    if left:
+        steps = max(0, steps - checkpoint_step(train["output_dir"]))
     return (steps + 1 if steps else 0) * (train.get("grad_accum") or 1) * 3 * costs.token[spec] * tokens
 
 
@@ -342,16 +378,18 @@ def _rows(costs: Costs, command: str, sc) -> int:
     return max(1, min(rows, costs.capacity.get(spec, rows) or rows))
 
 
-def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> float:
+def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok, left: bool = False) -> float:
     """One stage's estimated seconds (``command``: eval, sample, train, sft, effect, or ''
-    for the in-process selection)."""
+    for the in-process selection); with ``left``, of what a resumed stage has still to do
+    (the problems its work units have not finished, the optimizer steps after its last
+    checkpoint; its start and loads in full)."""
     from .prompts import encode_prompt
 
     if not command:
         return 1.0
     if command == "eval":
         ev = stage_cfg
-        ids, prompts, units = _eval_problems(ev, tok)
+        ids, prompts, units = _eval_problems(ev, tok, left)
         prior = configs["baseline"].out if Path(ev.out) != Path(configs["baseline"].out) else ev.out
         lengths = eval_lengths(Path(prior), ids, ev.max_new_tokens)
         extra = ev.contrastive_amateur if ev.contrastive_amateur in costs.step else None
@@ -359,7 +397,7 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         return costs.start + costs.load[ev.model] + (costs.load[extra] if extra else 0.0) + decode
     if command == "sample":
         sc = stage_cfg
-        probs = _sample_problems(sc)
+        probs = _not_done(_sample_problems(sc), Path(sc.out), left)
         prompts = [len(encode_prompt(tok, p.question, sc.system_prompt)) for p in probs]
         lengths = [sc.max_new_tokens] * len(probs)  # a trajectory's opening: it runs to its budget
         units = math.ceil(len(probs) / sc.group_size)
@@ -371,18 +409,21 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
         tc = stage_cfg  # a micro-batch is one trajectory's records, packed into one sequence
         samples = Path(tc.samples)
         records = sum(1 for _ in samples.open()) if samples.is_file() else RECORDS_PER_TRAJECTORY * configs["_problems"]
-        return costs.start + costs.load[tc.model] + _train(costs, tc.model, vars(tc), configs["_train_tokens"], records)
+        seconds = _train(costs, tc.model, vars(tc), configs["_train_tokens"], records, left)
+        return costs.start + costs.load[tc.model] + seconds
     if command == "sft":
         sf = stage_cfg
         probs = _sft_problems(sf)
+        kept = len(probs) * sf.keep_per_problem  # at most ``keep_per_problem`` solutions are kept a problem
+        probs = _not_done(probs, Path(sf.output_dir) / SOLUTIONS, left)
         prompts = [len(encode_prompt(tok, p.question, sf.system_prompt)) for p in probs] * sf.samples_per_problem
         lengths = [min(PRIOR_TOKENS, sf.max_new_tokens)] * len(prompts)
         units = math.ceil(len(probs) / sf.group_size)
         seconds = _decode(costs, sf.model, lengths, prompts, _rows(costs, command, sf), units)
-        # a micro-batch is ``batch_size`` solutions; at most ``keep_per_problem`` are kept a problem
-        tokens = sf.batch_size * (sum(prompts) / max(1, len(prompts)) + min(PRIOR_TOKENS, sf.max_new_tokens))
-        kept = len(probs) * sf.keep_per_problem
-        return costs.start + 2 * costs.load[sf.model] + seconds + _train(costs, sf.model, vars(sf), tokens, kept)
+        # a micro-batch is ``batch_size`` solutions
+        prompt = sum(prompts) / max(1, len(prompts)) if prompts else configs["_prompt_tokens"]
+        tokens = sf.batch_size * (prompt + min(PRIOR_TOKENS, sf.max_new_tokens))
+        return costs.start + 2 * costs.load[sf.model] + seconds + _train(costs, sf.model, vars(sf), tokens, kept, left)
     if command == "effect":
         ef = stage_cfg
         tokens = ef.problems * (configs["_prompt_tokens"] + ef.positions)
@@ -396,8 +437,9 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok) -> 
     return 0.0
 
 
-def estimate_run(cfg, configs: dict, stages: list, costs: Costs) -> dict[str, float]:
-    """Estimated seconds of each of ``stages`` ((Stage, config) pairs) of the run."""
+def estimate_run(cfg, configs: dict, stages: list, costs: Costs, left: bool = False) -> dict[str, float]:
+    """Estimated seconds of each of ``stages`` ((Stage, config) pairs) of the run (with
+    ``left``, of what each has still to do: :func:`stage_seconds`)."""
     from .data import load_problems
     from .models import load_tokenizer
     from .prompts import encode_prompt
@@ -416,7 +458,7 @@ def estimate_run(cfg, configs: dict, stages: list, costs: Costs) -> dict[str, fl
         "_dtype": dtype,
         "_problems": len(probs),
     }
-    return {stage.name: stage_seconds(stage.command, sc, costs, configs, tok) for stage, sc in stages}
+    return {stage.name: stage_seconds(stage.command, sc, costs, configs, tok, left) for stage, sc in stages}
 
 
 def decoders(stages: list) -> dict[str, list[int]]:

@@ -7,6 +7,9 @@ builders) finds it without importing the stage and what it loads (torch, peft, t
 TRAIN_SUMMARY = "train_summary.json"
 """What ``train`` writes in the adapter folder when it has finished."""
 
+SOLUTIONS = "solutions.jsonl"
+"""The sampled and graded solutions ``sft`` writes in the adapter folder (cut into work units)."""
+
 SFT_SUMMARY = "sft_summary.json"
 """What ``sft`` writes in the adapter folder when it has finished."""
 

@@ -344,13 +344,15 @@ def _estimate(cfg: RunConfig, configs: dict, pending: list, run: Path) -> dict[s
     wide = estimate.widened(pending + quick_stages)
     costs = estimate.measure_in_subprocess(models, context, cfg.dtype, cfg.device, budget, wide)
     ahead = estimate.estimate_run(cfg, configs, pending, costs)
-    total = sum(ahead.values())
-    log.info("expected time per stage on this machine:\n%s", estimate.table(ahead))
+    left = estimate.estimate_run(cfg, configs, pending, costs, left=True)  # a resumed stage's rest
+    total = sum(left.values())
+    log.info("expected time per stage on this machine:\n%s", estimate.table(ahead, left=left))
     if total > 3600 and not cfg.smoke_test:
         q = sum(estimate.estimate_run(quick, stage_configs(quick), quick_stages, costs).values())
         log.warning(
-            "this run should take about %s here (more than an hour); `lightreasoner run --quick` checks "
+            "%s should take about %s here (more than an hour); `lightreasoner run --quick` checks "
             "every stage in about %s. Stop it with Ctrl-C at any time: the same command resumes it.",
+            "this run" if total > sum(ahead.values()) - 0.5 else "what is left of this run",
             hms(total),
             hms(q),
         )

@@ -347,3 +347,48 @@ class ResumableWriter:
         for partial, progress in self.shards():
             partial.unlink(missing_ok=True)
             progress.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- what a stage has finished
+
+SEEN_RECORDS = "seen_records.json"
+"""Written last into a training checkpoint: the records its steps have seen."""
+
+
+def last_checkpoint(out: str | Path, warn: bool = True) -> str | None:
+    """The newest checkpoint in ``out`` that was saved whole: its seen-records file is written
+    last, so a save that was interrupted (a folder without it) is passed over (with ``warn``,
+    said in the log)."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    steps = {int(d.name.split("-")[1]): d for d in out.glob("checkpoint-*") if d.name.split("-")[1].isdigit()}
+    whole = max((n for n, d in steps.items() if (d / SEEN_RECORDS).exists()), default=None)
+    for n in sorted(n for n in steps if warn and (whole is None or n > whole)):
+        log.warning("%s was not saved whole (interrupted); resuming from an earlier checkpoint", steps[n])
+    return None if whole is None else str(steps[whole])
+
+
+def checkpoint_step(out: str | Path) -> int:
+    """The optimizer steps a training stage in ``out`` resumes from (0: none)."""
+    last = last_checkpoint(out, warn=False)
+    return int(Path(last).name.split("-")[1]) if last else 0
+
+
+def finished_problems(out: str | Path, key: str = "problem_index") -> set:
+    """The problems (their ``key`` values, as the progress logs name them) that the output
+    ``out`` of a stage cut into work units has finished: those of every shard's progress log
+    and, for an output that grows (an evaluation's), the rows already published in ``out``.
+    Read-only and with no fingerprint check: what a resumed stage will skip, for its time
+    estimate (the stage itself checks its fingerprint when it resumes)."""
+    out = Path(out)
+    done: set = set()
+    if out.is_file():
+        for row in read_json_lines(out, "output"):
+            done.add(row.get(key))
+    logs = [out.with_name(out.name + ".progress"), *out.parent.glob(glob.escape(out.name) + ".rank*.progress")]
+    for progress in logs:
+        if progress.is_file():
+            entries = read_json_lines(progress, "progress log")
+            done.update(p["index"] for e in entries[1:] for p in e.get("problems", [e]))
+    return done

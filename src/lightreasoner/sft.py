@@ -48,7 +48,7 @@ from .distributed import (
 from .errors import LightReasonerError
 from .evaluation.benchmarks import grade_completion
 from .evaluation.grading import normalize
-from .files import SFT_SUMMARY
+from .files import SFT_SUMMARY, SOLUTIONS
 from .generation import Completion, TopPSampler, greedy_decode, note_memory_bound
 from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
@@ -68,7 +68,6 @@ from .training import (
 )
 
 log = logging.getLogger(__name__)
-SOLUTIONS = "solutions.jsonl"
 
 
 def gold_answer(problem: Problem, answer_field: str) -> str:

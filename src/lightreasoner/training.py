@@ -44,7 +44,7 @@ from .files import TRAIN_SUMMARY
 from .io import atomic_write_json, check_same_settings, file_fingerprint, model_fingerprint
 from .models import load_model, load_tokenizer, logit_vocab_size, resolve_device, resolve_dtype, resolve_source
 from .prompts import build_prompt
-from .records import SoftLabelRecord, read_records
+from .records import SEEN_RECORDS, SoftLabelRecord, last_checkpoint, read_records
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -185,9 +185,6 @@ def soft_label_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> 
     return soft_label_kl(inputs["target_weights"], log_q).mean()
 
 
-SEEN_RECORDS = "seen_records.json"
-
-
 def require_finite_loss(loss: torch.Tensor, step: int) -> None:
     """Stop with a clear error when a micro-batch's loss (a scalar) is NaN or infinite."""
     if bool(torch.isfinite(loss).all()):
@@ -257,19 +254,6 @@ class SeenTrainer(Trainer):
         path = Path(checkpoint) / SEEN_RECORDS if checkpoint else None
         if path is not None and path.exists():
             self.seen = set(json.loads(path.read_text()))
-
-
-def last_checkpoint(out: str | Path) -> str | None:
-    """The newest checkpoint in ``out`` that was saved whole: its seen-records file is written
-    last, so a save that was interrupted (a folder without it) is passed over."""
-    out = Path(out)
-    if not out.is_dir():
-        return None
-    steps = {int(d.name.split("-")[1]): d for d in out.glob("checkpoint-*") if d.name.split("-")[1].isdigit()}
-    whole = max((n for n, d in steps.items() if (d / SEEN_RECORDS).exists()), default=None)
-    for n in sorted(n for n in steps if whole is None or n > whole):
-        log.warning("%s was not saved whole (interrupted); resuming from an earlier checkpoint", steps[n])
-    return None if whole is None else str(steps[whole])
 
 
 class SoftLabelTrainer(SeenTrainer):
