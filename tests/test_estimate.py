@@ -190,3 +190,16 @@ def test_a_resumed_stage_is_estimated_by_what_it_has_left(pair, tmp_path):
     assert "Left" in table({"a": 100.0, "b": 50.0}, left={"a": 40.0, "b": 50.0})
     assert "**1m 30s**" in table({"a": 100.0, "b": 50.0}, left={"a": 40.0, "b": 50.0})
     assert "Left" not in table({"a": 100.0}, left={"a": 100.0})
+
+
+def test_models_decoding_together_share_the_rows_that_fit():
+    from lightreasoner.config import RunConfig, build
+    from lightreasoner.estimate import Costs, _rows
+    from lightreasoner.pipeline import default_config, merge_dicts, plan_stages, stage_configs
+
+    cfg = build(RunConfig, merge_dicts(default_config(), {"methods": ["lightr", "cd"]}), {})
+    stages = {s.name: (s.command, sc) for s, sc in plan_stages(stage_configs(cfg)) if s.command}
+    costs = Costs(start=0.0, capacity={cfg.expert: 300, cfg.amateur: 600})
+    assert _rows(costs, *stages["baseline evaluation"]) == 300  # the expert alone
+    assert _rows(costs, *stages["cd: evaluation"]) == 200  # a row holds a cache in each model
+    assert _rows(Costs(start=0.0), *stages["cd: evaluation"]) == 400  # nothing measured: the stage's batch

@@ -234,6 +234,21 @@ def test_free_memory_counts_what_the_caching_allocator_holds(monkeypatch):
     assert free_memory(torch.device("cuda", 0)) == 1500
 
 
+def test_models_decoding_together_each_count_their_cache_in_the_batch(pair, monkeypatch):
+    """Contrastive decoding keeps the amateur's KV cache and step logits beside the expert's:
+    fewer rows fit than for the expert alone."""
+    from lightreasoner.generation import sizing
+
+    expert, amateur = load_model(str(pair[0])), load_model(str(pair[1]))
+    vocab = {m: m.get_output_embeddings().weight.shape[0] for m in (expert, amateur)}
+    per_row = {m: sizing.kv_bytes_per_token(m) * 100 + vocab[m] * 16 for m in (expert, amateur)}
+    both = per_row[expert] + per_row[amateur]
+    monkeypatch.setattr(sizing, "free_memory", lambda device: 2 * 100 * both)  # half of it is used
+    assert sizing.batch_capacity([expert, amateur], 100, 0) == 100
+    assert sizing.batch_capacity(expert, 100, 0) == min(256, 100 * both // per_row[expert]) > 100
+    assert sizing.batch_capacity([expert, amateur], 100, 40) == 40  # a smaller request is kept
+
+
 def test_out_of_memory_drops_the_failed_batch_before_emptying_the_cache(pair, monkeypatch):
     tok, model = load_tokenizer(str(pair[0])), load_model(str(pair[0]))
     prompts = prompts_of_many_lengths(tok, 4)

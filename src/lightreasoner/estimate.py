@@ -373,9 +373,12 @@ def _train(costs: Costs, spec: str, train: dict, tokens: float, examples: float,
 
 
 def _rows(costs: Costs, command: str, sc) -> int:
-    """The rows a stage's first model decodes at, capped by what fits in memory."""
-    spec, rows = batches(command, sc)[0]
-    return max(1, min(rows, costs.capacity.get(spec, rows) or rows))
+    """The rows a stage's first model decodes at, capped by what fits in memory (models that
+    decode together, as in contrastive decoding, share it: each row holds a cache in each)."""
+    decoded = [(spec, rows) for spec, rows in batches(command, sc) if rows]
+    rows = batches(command, sc)[0][1]
+    fits = [costs.capacity[spec] for spec, _ in decoded if costs.capacity.get(spec)]
+    return max(1, min(rows, int(1 / sum(1 / f for f in fits)) if fits else rows))
 
 
 def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok, left: bool = False) -> float:

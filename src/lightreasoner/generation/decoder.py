@@ -407,7 +407,7 @@ def greedy_decode(
     if not prompts:
         return []
     longest = max(map(len, prompts)) + max_new_tokens
-    batch_size = batch_capacity(models[0], longest, batch_size, keep_logits)
+    batch_size = batch_capacity(models, longest, batch_size, keep_logits)
     results: dict[int, Completion] = {}
     queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     stops = set(stop_ids)

@@ -21,17 +21,25 @@ def release_memory() -> None:
 
 
 def batch_capacity(
-    model: PreTrainedModel, max_tokens: int, requested: int, keep_logits: bool = False, fraction: float = 0.5
+    model: PreTrainedModel | list[PreTrainedModel],
+    max_tokens: int,
+    requested: int,
+    keep_logits: bool = False,
+    fraction: float = 0.5,
 ) -> int:
     """Sequences that fit in ``fraction`` of the free memory of the model's device, each up
     to ``max_tokens`` long (KV cache, plus its logits when ``keep_logits``), at most
-    ``requested``; ``requested = 0`` means as many as fit, up to 256."""
-    per_token = kv_bytes_per_token(model)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    elt = torch.finfo(model.dtype).bits // 8
-    per_row = per_token * max_tokens + vocab * 4 * 4  # the step's logits and their float32 scores
+    ``requested``; ``requested = 0`` means as many as fit, up to 256. Several models decoding
+    together (contrastive decoding) each keep a cache and a step's logits for every row; the
+    kept logits are the first model's."""
+    models = model if isinstance(model, list) else [model]
+    model = models[0]
+    per_row = 0
+    for m in models:
+        vocab = m.get_output_embeddings().weight.shape[0]
+        per_row += kv_bytes_per_token(m) * max_tokens + vocab * 4 * 4  # the step's logits and float32 scores
     if keep_logits:
-        per_row += vocab * elt * max_tokens
+        per_row += model.get_output_embeddings().weight.shape[0] * (torch.finfo(model.dtype).bits // 8) * max_tokens
     fit = max(1, int(free_memory(model.device) * fraction // per_row))
     cap = requested if requested > 0 else 256
     return max(1, min(cap, fit))
