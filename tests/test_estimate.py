@@ -185,7 +185,10 @@ def test_a_resumed_stage_is_estimated_by_what_it_has_left(pair, tmp_path):
     half = both("sft: sampling and fine-tuning")[1]
     (Path(sf.output_dir) / "checkpoint-5").mkdir()
     (Path(sf.output_dir) / "checkpoint-5" / SEEN_RECORDS).write_text("[]")
-    assert whole > half > both("sft: sampling and fine-tuning")[1] > costs.start + 2 * costs.load[cfg.expert]
+    trained = both("sft: sampling and fine-tuning")[1]
+    assert whole > half > trained > costs.start + 2 * costs.load[cfg.expert]
+    (Path(sf.output_dir) / "solutions.jsonl").write_text('{"problem_index": 0}\n')  # published: sampling over
+    assert costs.start + 2 * costs.load[cfg.expert] < both("sft: sampling and fine-tuning")[1] < trained
     # the console's table shows what is left beside the estimate only when a stage was begun
     assert "Left" in table({"a": 100.0, "b": 50.0}, left={"a": 40.0, "b": 50.0})
     assert "**1m 30s**" in table({"a": 100.0, "b": 50.0}, left={"a": 40.0, "b": 50.0})

@@ -378,7 +378,7 @@ def _rows(costs: Costs, command: str, sc) -> int:
     decoded = [(spec, rows) for spec, rows in batches(command, sc) if rows]
     rows = batches(command, sc)[0][1]
     fits = [costs.capacity[spec] for spec, _ in decoded if costs.capacity.get(spec)]
-    return max(1, min(rows, int(1 / sum(1 / f for f in fits)) if fits else rows))
+    return max(1, min(rows, int(1 / sum(1 / f for f in fits) + 1e-9) if fits else rows))
 
 
 def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok, left: bool = False) -> float:
@@ -418,7 +418,8 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok, lef
         sf = stage_cfg
         probs = _sft_problems(sf)
         kept = len(probs) * sf.keep_per_problem  # at most ``keep_per_problem`` solutions are kept a problem
-        probs = _not_done(probs, Path(sf.output_dir) / SOLUTIONS, left)
+        solutions = Path(sf.output_dir) / SOLUTIONS  # published: the sampling is over
+        probs = [] if left and solutions.exists() else _not_done(probs, solutions, left)
         prompts = [len(encode_prompt(tok, p.question, sf.system_prompt)) for p in probs] * sf.samples_per_problem
         lengths = [min(PRIOR_TOKENS, sf.max_new_tokens)] * len(prompts)
         units = math.ceil(len(probs) / sf.group_size)

@@ -53,7 +53,7 @@ from .generation import Completion, TopPSampler, greedy_decode, note_memory_boun
 from .io import atomic_write_json, file_fingerprint, friendly_os_errors, model_fingerprint
 from .models import end_token_ids, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from .prompts import encode_prompt
-from .records import RUNTIME, ResumableWriter, check_resume_fingerprint, summary_path
+from .records import RUNTIME, ResumableWriter, check_resume_fingerprint, last_checkpoint, summary_path
 from .training import (
     RESULT_FIELDS,
     TRAIN_FINGERPRINT,
@@ -61,7 +61,6 @@ from .training import (
     SeenTrainer,
     batch_fields,
     check_checkpoints,
-    last_checkpoint,
     lora_model,
     training_arguments,
     validate_lora,

@@ -65,7 +65,7 @@ class HFGenerator:
     ) -> list[Completion]:
         if prompt_ids and not self.noted:  # once: whether a batch as large as asked fits in memory
             longest = max(map(len, prompt_ids)) + self.max_new_tokens
-            note_memory_bound(self.model, longest, min(self.batch_size or len(prompt_ids), len(prompt_ids)))
+            note_memory_bound(self.models, longest, min(self.batch_size or len(prompt_ids), len(prompt_ids)))
             self.noted = True
         return greedy_decode(
             self.models,

@@ -71,10 +71,12 @@ def free_memory(device: torch.device) -> int:
     return 8 * 2**30
 
 
-def note_memory_bound(model: PreTrainedModel, longest: int, wanted: int, keep_logits: bool = False) -> None:
+def note_memory_bound(
+    model: PreTrainedModel | list[PreTrainedModel], longest: int, wanted: int, keep_logits: bool = False
+) -> None:
     """Warn when fewer than ``wanted`` sequences of ``longest`` tokens (prompt and budget) fit in
-    memory: the decoder then takes fewer at a time and the outputs (not the groups) depend
-    on the free memory."""
+    memory (``model``: every model decoding them, as :func:`batch_capacity` counts): the decoder
+    then takes fewer at a time and the outputs (not the groups) depend on the free memory."""
     fit = batch_capacity(model, longest, wanted, keep_logits)
     if fit < wanted:
         log.warning(
