@@ -206,3 +206,24 @@ def test_models_decoding_together_share_the_rows_that_fit():
     assert _rows(costs, *stages["baseline evaluation"]) == 300  # the expert alone
     assert _rows(costs, *stages["cd: evaluation"]) == 200  # a row holds a cache in each model
     assert _rows(Costs(start=0.0), *stages["cd: evaluation"]) == 400  # nothing measured: the stage's batch
+
+
+def test_a_training_micro_batch_costs_its_packed_sequences(tmp_path):
+    """Trajectory order packs a micro-batch's records of one trajectory into one sequence up
+    to the longest prefix; a random draw runs a sequence a record."""
+    from lightreasoner.estimate import packed_tokens
+
+    rows = [(0, 10, n) for n in (3, 1, 2)] + [(1, 20, n) for n in (5, 6)]  # (trajectory, prompt, prefix)
+    path = tmp_path / "samples.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"problem_index": k, "prompt_token_ids": [0] * p, "prefix_token_ids": [0] * n}) + "\n"
+            for k, p, n in rows
+        )
+    )
+    # micro-batches of 2: (0: 1, 2) -> 10 + 2; (0: 3 | 1: 5) -> 13 + 25; (1: 6) -> 26
+    assert packed_tokens(path, 2, "trajectory", True) == pytest.approx((12 + 38 + 26) / 3)
+    assert packed_tokens(path, 2, "random", True) == pytest.approx(2 * (3 * 10 + 6 + 2 * 20 + 11) / 5)
+    assert packed_tokens(path, 2, "trajectory", False) == packed_tokens(path, 2, "random", True)
+    path.write_text(json.dumps({"prompt_id": "q", "step": 1, "prefix": "a"}) + "\n")  # the release's format
+    assert packed_tokens(path, 2, "trajectory", True) is None

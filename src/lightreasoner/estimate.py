@@ -348,6 +348,37 @@ RECORDS_PER_TRAJECTORY = 12
 default run kept 3,724 records of 320 trajectories at β 0.4: 11.6 each)."""
 
 
+def packed_tokens(samples: Path, batch_size: int, order: str, pack: bool) -> float | None:
+    """Mean tokens of one training micro-batch of ``batch_size`` records of ``samples``: in
+    ``trajectory`` order with packing, the records of each trajectory by prefix length and
+    one sequence (prompt + the longest prefix) for each trajectory a micro-batch spans;
+    otherwise one sequence a record (a random draw seldom meets two of one trajectory).
+    None when the records do not carry their token ids (the release's format)."""
+    prompts: dict = {}
+    prefixes: dict = {}
+    with samples.open() as f:
+        for line in f:
+            r = json.loads(line)
+            if "prompt_token_ids" not in r or "prefix_token_ids" not in r:
+                return None
+            key = r.get("problem_index", r.get("prompt_id"))
+            prompts[key] = len(r["prompt_token_ids"])
+            prefixes.setdefault(key, []).append(len(r["prefix_token_ids"]))
+    records = sum(len(v) for v in prefixes.values())
+    if not records:
+        return None
+    if order != "trajectory" or not pack:
+        return batch_size * sum(prompts[k] * len(v) + sum(v) for k, v in prefixes.items()) / records
+    stream = [(k, p) for k, v in prefixes.items() for p in sorted(v)]
+    total = 0
+    for i in range(0, len(stream), batch_size):
+        longest: dict = {}
+        for k, p in stream[i : i + batch_size]:
+            longest[k] = max(longest.get(k, 0), p)
+        total += sum(prompts[k] + p for k, p in longest.items())
+    return total / math.ceil(len(stream) / batch_size)
+
+
 def optimizer_steps(train: dict, examples: float) -> int:
     """A training stage's optimizer steps: ``max_steps``, or with ``epochs`` set (which wins, as
     in training) that many passes over ``examples`` in global batches of ``batch_size ×
@@ -412,7 +443,9 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok, lef
         tc = stage_cfg  # a micro-batch is one trajectory's records, packed into one sequence
         samples = Path(tc.samples)
         records = sum(1 for _ in samples.open()) if samples.is_file() else RECORDS_PER_TRAJECTORY * configs["_problems"]
-        seconds = _train(costs, tc.model, vars(tc), configs["_train_tokens"], records, left)
+        # a micro-batch's tokens: from the records once selected, else a whole trajectory's opening
+        packed = packed_tokens(samples, tc.batch_size, tc.order, tc.pack) if samples.is_file() else None
+        seconds = _train(costs, tc.model, vars(tc), packed or configs["_train_tokens"], records, left)
         return costs.start + costs.load[tc.model] + seconds
     if command == "sft":
         sf = stage_cfg
