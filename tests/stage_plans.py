@@ -44,7 +44,7 @@ def configs() -> dict[str, RunConfig]:
     out = {
         "default": load_run_config(None, {}, quick=False),
         "default --quick": load_run_config(None, {}, quick=True),
-        "docs/default-run": build(RunConfig, yaml.safe_load((REPO / "docs/default-run/config.yaml").read_text()), {}),
+        "docs/default-run": build(RunConfig, default_run_config(), {}),
     }
     paper = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs/paper").glob("*.yaml"))
     for p in ["configs/default-study.yaml", "configs/study-cpu.yaml", *paper]:
@@ -53,6 +53,15 @@ def configs() -> dict[str, RunConfig]:
     out["synthetic, no effect"] = build(RunConfig, {**SYNTHETIC, "out": "runs/no-effect", "effect_problems": 0}, {})
     out["legacy"] = build(RunConfig, {**SYNTHETIC, "out": "runs/legacy", "methods": "lightr,cd"}, {})
     return out
+
+
+def default_run_config() -> dict:
+    """The committed default run's settings, with the study's arms in the study's order: a session
+    may resume the folder with ``--methods`` naming some arms, or the same arms in another order,
+    which rewrites ``config.yaml``'s ``methods`` and nothing else that plans a stage."""
+    raw = yaml.safe_load((REPO / "docs/default-run/config.yaml").read_text())
+    study = yaml.safe_load((REPO / "configs/default-study.yaml").read_text())
+    return {**raw, "methods": ",".join(study["methods"])}
 
 
 def make_legacy(root: Path) -> None:
