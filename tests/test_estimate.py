@@ -211,7 +211,7 @@ def test_models_decoding_together_share_the_rows_that_fit():
 def test_a_training_micro_batch_costs_its_packed_sequences(tmp_path):
     """Trajectory order packs a micro-batch's records of one trajectory into one sequence up
     to the longest prefix; a random draw runs a sequence a record."""
-    from lightreasoner.estimate import packed_tokens
+    from lightreasoner.estimate import packed_tokens, record_lengths
 
     rows = [(0, 10, n) for n in (3, 1, 2)] + [(1, 20, n) for n in (5, 6)]  # (trajectory, prompt, prefix)
     path = tmp_path / "samples.jsonl"
@@ -225,5 +225,7 @@ def test_a_training_micro_batch_costs_its_packed_sequences(tmp_path):
     assert packed_tokens(path, 2, "trajectory", True) == pytest.approx((12 + 38 + 26) / 3)
     assert packed_tokens(path, 2, "random", True) == pytest.approx(2 * (3 * 10 + 6 + 2 * 20 + 11) / 5)
     assert packed_tokens(path, 2, "trajectory", False) == packed_tokens(path, 2, "random", True)
+    assert record_lengths(path) == (5, {0: (10, [3, 1, 2]), 1: (20, [5, 6])})
     path.write_text(json.dumps({"prompt_id": "q", "step": 1, "prefix": "a"}) + "\n")  # the release's format
+    assert record_lengths(path) == (1, None)  # the file changed: read again
     assert packed_tokens(path, 2, "trajectory", True) is None

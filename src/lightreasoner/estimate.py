@@ -23,6 +23,7 @@ Every figure is an estimate: :func:`table` prints them, the run writes them to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -348,34 +349,51 @@ RECORDS_PER_TRAJECTORY = 12
 default run kept 3,724 records of 320 trajectories at β 0.4: 11.6 each)."""
 
 
+def record_lengths(samples: Path) -> tuple[int, dict | None]:
+    """(records, {trajectory: (prompt tokens, [prefix tokens of each record])}) of a selected
+    records file, the second None when the records do not carry their token ids (the release's
+    format). Read once per version of the file (its path, size and time): a run's estimate
+    asks for a training stage's records several times, and a pool's are ~90 MB."""
+    st = samples.stat()
+    return _record_lengths(str(samples), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _record_lengths(path: str, size: int, mtime_ns: int) -> tuple[int, dict | None]:
+    lengths: dict | None = {}
+    records = 0
+    with open(path) as f:
+        for line in f:
+            records += 1
+            if lengths is None:
+                continue
+            r = json.loads(line)
+            if "prompt_token_ids" not in r or "prefix_token_ids" not in r:
+                lengths = None
+                continue
+            key = r.get("problem_index", r.get("prompt_id"))
+            lengths.setdefault(key, (len(r["prompt_token_ids"]), []))[1].append(len(r["prefix_token_ids"]))
+    return records, lengths
+
+
 def packed_tokens(samples: Path, batch_size: int, order: str, pack: bool) -> float | None:
     """Mean tokens of one training micro-batch of ``batch_size`` records of ``samples``: in
     ``trajectory`` order with packing, the records of each trajectory by prefix length and
     one sequence (prompt + the longest prefix) for each trajectory a micro-batch spans;
     otherwise one sequence a record (a random draw seldom meets two of one trajectory).
     None when the records do not carry their token ids (the release's format)."""
-    prompts: dict = {}
-    prefixes: dict = {}
-    with samples.open() as f:
-        for line in f:
-            r = json.loads(line)
-            if "prompt_token_ids" not in r or "prefix_token_ids" not in r:
-                return None
-            key = r.get("problem_index", r.get("prompt_id"))
-            prompts[key] = len(r["prompt_token_ids"])
-            prefixes.setdefault(key, []).append(len(r["prefix_token_ids"]))
-    records = sum(len(v) for v in prefixes.values())
-    if not records:
+    records, lengths = record_lengths(samples)
+    if not records or lengths is None:
         return None
     if order != "trajectory" or not pack:
-        return batch_size * sum(prompts[k] * len(v) + sum(v) for k, v in prefixes.items()) / records
-    stream = [(k, p) for k, v in prefixes.items() for p in sorted(v)]
+        return batch_size * sum(p * len(v) + sum(v) for p, v in lengths.values()) / records
+    stream = [(k, p) for k, (_, v) in lengths.items() for p in sorted(v)]
     total = 0
     for i in range(0, len(stream), batch_size):
         longest: dict = {}
         for k, p in stream[i : i + batch_size]:
             longest[k] = max(longest.get(k, 0), p)
-        total += sum(prompts[k] + p for k, p in longest.items())
+        total += sum(lengths[k][0] + p for k, p in longest.items())
     return total / math.ceil(len(stream) / batch_size)
 
 
@@ -442,7 +460,7 @@ def stage_seconds(command: str, stage_cfg, costs: Costs, configs: dict, tok, lef
     if command == "train":
         tc = stage_cfg  # a micro-batch is one trajectory's records, packed into one sequence
         samples = Path(tc.samples)
-        records = sum(1 for _ in samples.open()) if samples.is_file() else RECORDS_PER_TRAJECTORY * configs["_problems"]
+        records = record_lengths(samples)[0] if samples.is_file() else RECORDS_PER_TRAJECTORY * configs["_problems"]
         # a micro-batch's tokens: from the records once selected, else a whole trajectory's opening
         packed = packed_tokens(samples, tc.batch_size, tc.order, tc.pack) if samples.is_file() else None
         seconds = _train(costs, tc.model, vars(tc), packed or configs["_train_tokens"], records, left)
