@@ -257,31 +257,33 @@ def table(
 # ---------------------------------------------------------------- a run's stages
 
 
-def _eval_items(ev) -> tuple[list, int]:
-    """(items, work units) of an evaluation stage."""
+def _eval_benchmarks(ev) -> list[tuple[str, list, int]]:
+    """(benchmark, items, work units) of each benchmark an evaluation stage runs."""
     from .distributed import work_groups
     from .evaluation.benchmarks import load_items
 
-    items, units = [], 0
+    out = []
     for name in [b.strip() for b in ev.benchmarks.split(",") if b.strip()]:
-        these = load_items(name, ev.data_dir, ev.limit, ev.seed)
-        units += len(work_groups(these, ev.group_size))
-        items += these
-    return items, units
+        items = load_items(name, ev.data_dir, ev.limit, ev.seed)
+        out.append((name, items, len(work_groups(items, ev.group_size))))
+    return out
+
+
+def _eval_items(ev) -> tuple[list, int]:
+    """(items, work units) of an evaluation stage."""
+    benchmarks = _eval_benchmarks(ev)
+    return [it for _, items, _ in benchmarks for it in items], sum(units for *_, units in benchmarks)
 
 
 def _eval_problems(ev, tok, left: bool = False) -> tuple[list[str], list[int], int]:
     """(ids, prompt lengths, units) of an evaluation stage's problems (with ``left``, those
     it has not finished yet, in as many units as they fill)."""
-    from .distributed import work_groups
-    from .evaluation.benchmarks import load_items
     from .prompts import encode_prompt
     from .records import finished_problems
 
     ids, prompts, units = [], [], 0
-    for name in [b.strip() for b in ev.benchmarks.split(",") if b.strip()]:
-        items = load_items(name, ev.data_dir, ev.limit, ev.seed)
-        per = max(1, math.ceil(len(items) / max(1, len(work_groups(items, ev.group_size)))))
+    for name, items, groups in _eval_benchmarks(ev):
+        per = max(1, math.ceil(len(items) / max(1, groups)))
         if left:
             done = {str(k) for k in finished_problems(Path(ev.out) / f"{name}.jsonl", key="id")}
             items = [it for it in items if str(it.id) not in done]
