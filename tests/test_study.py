@@ -129,6 +129,10 @@ def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_a
     assert all(a.weights == b.expert_weights and a.expert_weights is None for a, b in zip(everything, pool))
     strict = json.loads((run / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert strict["arms"]["lightr-no-select-no-contrast"]["selection"]["beta"] == "-inf"
+    versus = strict["arms"]["lightr-no-select-no-contrast"]["versus_lightr"]  # the ablation against full LightR
+    assert versus["lightr_only"] + versus["variant_only"] <= versus["n"]
+    assert "versus_lightr" not in strict["arms"]["lightr"]
+    assert "w/o Select & Contrast against + LightR: AVG." in (run / "report.md").read_text()
     # a finished arm is not reused with other settings of its own
     changed = tiny_run(pair, cfg.out, methods=["lightr", "sft"], sft={**SFT, "keep_per_problem": 2})
     with pytest.raises(LightReasonerError, match=r"arm 'sft' made with other settings \(sft.keep_per_problem: 1 -> 2"):

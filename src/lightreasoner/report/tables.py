@@ -142,6 +142,25 @@ def efficiency(entry: dict, arm_fig: dict) -> dict | None:
     }
 
 
+def versus_lightr(arms: dict, configs: dict, names: list[str]) -> None:
+    """Each ablation variant against full LightReasoner on the same problems (the ablation's
+    own question: does removing the component lower accuracy?): the variant's average minus
+    LightR's (points), its 95% CI, the McNemar p and the problems only one of them solves,
+    as ``arms[variant]["versus_lightr"]``."""
+    if "lightr" not in arms:
+        return
+    lightr = configs["arms"]["lightr"]["arm"].eval
+    for a_id in ABLATIONS:
+        if a_id == "lightr" or a_id not in arms:
+            continue
+        _, d = versus_baseline(lightr, configs["arms"][a_id]["arm"].eval, names)
+        arms[a_id]["versus_lightr"] = {
+            **{k: d[k] for k in ("delta", "ci95", "p_value", "n")},
+            "lightr_only": d["only_first"],
+            "variant_only": d["only_second"],
+        }
+
+
 def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_checked: int) -> dict:
     """Every figure of the report, from the stages' own summaries and per-problem files."""
     base_dir = configs["baseline"].out
@@ -196,6 +215,7 @@ def gather(run: Path, cfg: RunConfig, configs: dict, timings: dict, disjoint_che
                 )
             }
             arms[arm_id]["selection"]["beta"] = entry["beta"] if "beta" in entry else samples["config"]["beta"]
+    versus_lightr(arms, configs, names)
     amateurs = {}
     for tag, ev in configs["amateurs"].items():
         s = load_summary(ev.out)
@@ -301,13 +321,15 @@ def efficiency_table(fig: dict) -> str:
 def ablation_table(fig: dict) -> str:
     names = fig["benchmarks"]
     head = (
-        "| Variant | Select | Contrast | " + " | ".join(display_name(n) for n in names) + " | AVG. | Δ [95% CI] | p |"
+        "| Variant | Select | Contrast | "
+        + " | ".join(display_name(n) for n in names)
+        + " | AVG. | Δ [95% CI] | p | Δ from LightR [95% CI] | p |"
     )
-    lines = [head, "|" + "---|" * (len(names) + 6)]
+    lines = [head, "|" + "---|" * (len(names) + 8)]
     lines.append(
         "| Baseline | – | – | "
         + " | ".join(f"{fig['baseline']['results'][n]['accuracy']:.1f}" for n in names)
-        + f" | {fig['baseline']['average']:.1f} | | |"
+        + f" | {fig['baseline']['average']:.1f} | | | | |"
     )
     for a_id in ABLATIONS:
         a = fig["arms"].get(a_id)
@@ -318,9 +340,32 @@ def ablation_table(fig: dict) -> str:
         lines.append(
             f"| {a['label']} | {'✓' if select else '✗'} | {'✓' if contrast else '✗'} | "
             + " | ".join(f"{a['results'][n]['accuracy']:.1f}" for n in names)
-            + f" | {a['average']['accuracy']:.1f} | {_ci(a['average'])} | {a['average']['p_value']:.3g} |"
+            + f" | {a['average']['accuracy']:.1f} | {_ci(a['average'])} | {a['average']['p_value']:.3g} | "
+            + (f"{_ci(v)} | {v['p_value']:.3g} |" if (v := a.get("versus_lightr")) else "– | – |")
         )
     return "\n".join(lines)
+
+
+def ablation_lines(fig: dict) -> list[str]:
+    """One sentence per ablation variant: how it compares with full LightReasoner."""
+    out = []
+    for a_id in ABLATIONS:
+        v = fig["arms"].get(a_id, {}).get("versus_lightr")
+        if v is None:
+            continue
+        out.append(
+            f"- {fig['arms'][a_id]['label']} against + LightR: AVG. {_ci(v)} points, p = {v['p_value']:.3g}, "
+            f"{verdict(v['p_value'])}; {v['lightr_only']} problems only LightR solves, "
+            f"{v['variant_only']} only the variant."
+        )
+    if out:
+        out += [
+            "",
+            "Δ from LightR: the variant's accuracy minus full LightReasoner's on the same problems (paired "
+            "bootstrap CI, exact McNemar p). Each p stands alone: the run makes several comparisons and none "
+            "is corrected for that.",
+        ]
+    return out
 
 
 def gap_table(fig: dict) -> str:
@@ -393,7 +438,8 @@ def markdown(fig: dict) -> str:
             note = a["efficiency"] and kind_of(a["method"]).efficiency_note(a["label"], a["efficiency"])
             lines += [note] if note else []
     if sum(a in fig["arms"] for a in ABLATIONS) > 1:
-        lines += ["", "## Ablations", "", ablation_table(fig), "", "![ablations](ablations.png)"]
+        lines += ["", "## Ablations", "", ablation_table(fig), "", *ablation_lines(fig)]
+        lines += ["", "![ablations](ablations.png)"]
     if fig["amateurs"]:
         lines += [
             "",
