@@ -426,9 +426,9 @@ def _train(costs: Costs, spec: str, train: dict, tokens: float, examples: float,
 def _rows(costs: Costs, command: str, sc) -> int:
     """The rows a stage's first model decodes at, capped by what fits in memory (models that
     decode together, as in contrastive decoding, share it: each row holds a cache in each)."""
-    decoded = [(spec, rows) for spec, rows in batches(command, sc) if rows]
-    rows = batches(command, sc)[0][1]
-    fits = [costs.capacity[spec] for spec, _ in decoded if costs.capacity.get(spec)]
+    models = batches(command, sc)
+    rows = models[0][1]
+    fits = [costs.capacity[spec] for spec, n in models if n and costs.capacity.get(spec)]
     return max(1, min(rows, int(1 / sum(1 / f for f in fits) + 1e-9) if fits else rows))
 
 
