@@ -153,6 +153,14 @@ def test_an_in_process_engine_warns_that_its_memory_stays(pair, monkeypatch, sta
     with caplog.at_level(logging.WARNING):
         gen.close()
     assert "21073" in caplog.text
+    gen.close()  # a second close does nothing
+    assert stand_in_vllm.count(("shut down",)) == 1
+
+
+@pytest.mark.parametrize("value, in_process", [("0", True), ("00", True), (" 0 ", True), ("1", False), ("yes", False)])
+def test_the_in_process_switch_is_read_as_vllm_reads_it(monkeypatch, value, in_process):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", value)
+    assert generation.in_process_engine() is in_process
 
 
 def test_an_unpacked_compile_cache_is_one_per_rank(rank_1, monkeypatch, tmp_path):

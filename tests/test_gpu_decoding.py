@@ -313,6 +313,8 @@ def test_adapters_vllm_cannot_serve(tmp_path):
         ("dora", {"use_dora": True}, "DoRA"),
         ("bias", {"bias": "all"}, "biases"),
         ("pattern", {"rank_pattern": {"q_proj": 4}}, "per-module"),
+        ("lora_bias", {"lora_bias": True}, "lora_bias"),
+        ("tokens", {"trainable_token_indices": [5, 7]}, "trainable_token_indices"),
     ):
         (problem,) = generation.adapter_obstacles(write_adapter(tmp_path / name, **kw))
         assert says in problem
@@ -387,6 +389,21 @@ def test_vllm_evaluation_gets_token_ids_and_reports_as_hf(pair, tmp_path, stand_
     assert [tok(tok.decode(x), add_special_tokens=False)["input_ids"] for x in ids] == ids
     keys = ("id", "completion", "tokens", "cut_off", "correct")
     assert [{k: r[k] for k in keys} for r in rows["vllm"]] == [{k: r[k] for k in keys} for r in rows["hf"]]
+
+
+def test_vllm_gets_the_dtype_the_hf_backend_resolves(pair, tmp_path, stand_in_vllm):
+    """``--dtype auto`` reaches vLLM resolved as hf resolves it (vLLM's own ``auto`` would keep
+    the checkpoint's dtype: float16 for a float16 checkpoint where hf takes bfloat16)."""
+    from lightreasoner.evaluation.runner import evaluate
+    from lightreasoner.models import resolve_device, resolve_dtype
+
+    for asked in ("auto", "float32"):
+        stand_in_vllm.clear()
+        base = dict(model=str(pair[0]), benchmarks="reasoning-gym:gsm_symbolic", limit=1, max_new_tokens=4)
+        evaluate(EvalConfig(**base, dtype=asked, backend="vllm", out=str(tmp_path / asked)), show_progress=False)
+        want = str(resolve_dtype(asked, resolve_device("auto"))).removeprefix("torch.")
+        assert [e[1] for e in stand_in_vllm if e[0] == "engine"] == [want]
+        assert want != "auto"
 
 
 def test_text_prompts_would_get_a_second_bos(tmp_path):

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..distributed import launched
 from ..errors import LightReasonerError
-from ..models import checkpoint_eos, end_token_ids
+from ..models import checkpoint_eos, end_token_ids, resolve_device, resolve_dtype
 from .base import Backend, Generated, OnCompletion, OnResult, Request, generated
 from .decoder import Completion
 
@@ -137,7 +137,9 @@ class VLLMGenerator:
         return comps
 
     def close(self) -> None:
-        """Stop the engine (its process) and free its GPU memory."""
+        """Stop the engine (its process) and free its GPU memory (once: a second call does nothing)."""
+        if not hasattr(self, "llm"):
+            return
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
@@ -169,7 +171,9 @@ def adapter_obstacles(adapter: str) -> list[str]:
     """What in a PEFT adapter vLLM's LoRA cannot serve: a rank above its largest
     ``max_lora_rank`` (vllm/config/lora.py), ``modules_to_save`` and DoRA (refused by
     ``PEFTHelper._validate_features``, vllm/lora/peft_helper.py), a bias, and per-module ranks
-    or alphas (``PEFTHelper`` reads only the global ``r`` and ``lora_alpha``)."""
+    or alphas (``PEFTHelper`` reads only the global ``r`` and ``lora_alpha``), and PEFT's
+    ``lora_bias`` and ``trainable_token_indices`` (keys ``PEFTHelper.from_dict`` drops unread:
+    their weights would be ignored or refused at the first request)."""
     cfg = adapter_config(adapter)
     out = []
     if int(cfg.get("r", 0)) > VLLM_LORA_RANKS[-1]:
@@ -182,6 +186,10 @@ def adapter_obstacles(adapter: str) -> list[str]:
         out.append(f"the adapter trains biases (bias={cfg['bias']!r}), which vLLM's LoRA does not")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         out.append("the adapter has per-module ranks or alphas, which vLLM ignores (it scales by lora_alpha / r)")
+    if cfg.get("lora_bias"):
+        out.append("the adapter has biases on its LoRA B matrices (lora_bias), which vLLM's LoRA does not read")
+    if cfg.get("trainable_token_indices"):
+        out.append("the adapter trains token embeddings (trainable_token_indices), which vLLM's LoRA does not read")
     return out
 
 
@@ -266,7 +274,10 @@ def check_launch(tensor_parallel_size: int, device: str = "auto") -> None:
 def in_process_engine() -> bool:
     """Whether vLLM runs its engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)
     rather than in a child process (its default)."""
-    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1").strip() == "0"  # vLLM reads bool(int(...))
+    try:  # read as vLLM reads it (vllm/envs.py: ``bool(int(...))``), so "00" and " 0 " count too
+        return not int(os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1"))
+    except ValueError:
+        return False  # not a number: vLLM itself refuses it when its engine starts
 
 
 def visible_gpu(index: int, what: str | None = None) -> str:
@@ -466,13 +477,15 @@ def prepare(req: Request) -> None:
 
 
 def open_vllm(req: Request) -> VLLMGenerator:
-    """An engine for ``req``'s model (+ adapter, served as LoRA)."""
+    """An engine for ``req``'s model (+ adapter, served as LoRA), in the dtype the hf backend
+    resolves ``req.dtype`` to: vLLM's own ``auto`` keeps the checkpoint's dtype (float16 for a
+    float16 checkpoint, where hf takes bfloat16 on a GPU that computes it natively)."""
     src = req.source()
     return VLLMGenerator(
         src.path,
         req.tokenizer,
         req.max_new_tokens,
-        req.dtype,
+        str(resolve_dtype(req.dtype, resolve_device(req.device))).removeprefix("torch."),
         req.adapter,
         req.trust_remote_code,
         req.tensor_parallel_size,
