@@ -481,11 +481,13 @@ def open_vllm(req: Request) -> VLLMGenerator:
     resolves ``req.dtype`` to: vLLM's own ``auto`` keeps the checkpoint's dtype (float16 for a
     float16 checkpoint, where hf takes bfloat16 on a GPU that computes it natively)."""
     src = req.source()
+    # the device's type is all the dtype needs (:func:`check_launch` has checked a cuda:N already)
+    device = torch.device(req.device) if req.device.startswith("cuda") else resolve_device(req.device)
     return VLLMGenerator(
         src.path,
         req.tokenizer,
         req.max_new_tokens,
-        str(resolve_dtype(req.dtype, resolve_device(req.device))).removeprefix("torch."),
+        str(resolve_dtype(req.dtype, device)).removeprefix("torch."),
         req.adapter,
         req.trust_remote_code,
         req.tensor_parallel_size,
