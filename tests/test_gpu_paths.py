@@ -213,3 +213,12 @@ def test_auto_dtype_on_cpus_counts_only_native_bfloat16(monkeypatch, caplog, fla
     # no x86 flags to read (another OS or architecture): oneDNN's check decides
     monkeypatch.setattr(provenance, "_cpuinfo", lambda: [])
     assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+
+
+def test_dtype_name_is_the_name_dtype_takes():
+    """Reports and engines record the resolved dtype by the name ``--dtype`` accepts."""
+    from lightreasoner.models import DTYPES, dtype_name
+
+    assert {dtype_name(dt) for dt in DTYPES.values()} == set(DTYPES)
+    for name, dt in DTYPES.items():
+        assert DTYPES[dtype_name(dt)] is dt, name

@@ -505,9 +505,9 @@ def estimate_run(cfg, configs: dict, stages: list, costs: Costs, left: bool = Fa
     probs = load_problems(cfg.data, cfg.question_field, None, max_problems=cfg.max_problems, seed=cfg.seed)
     sample_tokens = cfg.sample.get("max_new_tokens", 128)
     prompt = sum(len(encode_prompt(tok, p.question, "")) for p in probs) / max(1, len(probs))
-    from .models import resolve_device, resolve_dtype
+    from .models import dtype_name, resolve_device, resolve_dtype
 
-    dtype = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+    dtype = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
     configs = {
         **configs,
         "_train_tokens": prompt + sample_tokens,

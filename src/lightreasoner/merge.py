@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import MergeConfig
 from .errors import LightReasonerError
 from .io import atomic_write_json, temp_path
-from .models import load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source, tuned_model
+from .models import dtype_name, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source, tuned_model
 from .precision import delta_weight_stats
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ more than this share of its ΔW entries round away."""
 
 def survival_warnings(survival: dict[str, dict[str, float]], dtype) -> list[str]:
     """One line per target module whose change mostly does not survive ``dtype``."""
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     return [
         f"merge in {name}: {module} keeps its change with relative error {s['relative_error']:.2f} and "
         f"{100 * s['vanished_share']:.0f}% of its entries round away (|ΔW|/|W| = {s['relative_size']:.1e}); "
@@ -55,7 +55,7 @@ def merge(cfg: MergeConfig) -> Path:
     merged.save_pretrained(str(tmp))
     tok.padding_side = "right"
     tok.save_pretrained(str(tmp))
-    atomic_write_json(tmp / MERGE_REPORT, {"dtype": str(dtype).removeprefix("torch."), "modules": survival})
+    atomic_write_json(tmp / MERGE_REPORT, {"dtype": dtype_name(dtype), "modules": survival})
     if out.exists():
         out.rmdir()
     tmp.rename(out)

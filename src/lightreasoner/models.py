@@ -102,6 +102,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``: the name ``--dtype`` takes, recorded in reports."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from: ``path`` (dir or hub id) plus an optional GGUF file name."""

@@ -322,10 +322,10 @@ def plan_stages(configs: dict) -> list[tuple[Stage, object]]:
 
 def _where(cfg: RunConfig) -> dict:
     """The device, the dtype ``--dtype`` resolves to there, and the process count."""
-    from .models import resolve_device, resolve_dtype
+    from .models import dtype_name, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
-    dtype = str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
+    dtype = dtype_name(resolve_dtype(cfg.dtype, device))
     return {"device": str(device), "dtype": dtype, "processes": cfg.num_processes}
 
 

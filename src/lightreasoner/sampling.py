@@ -65,6 +65,7 @@ from .io import (
 from .models import (
     ModelSource,
     check_pair,
+    dtype_name,
     end_token_ids,
     load_model,
     load_tokenizer,
@@ -468,7 +469,7 @@ def _sample_groups(
     ready, generation_s = {}, None
     if not generation.backend(cfg.backend).step_logits:  # all trajectories first; the engine is gone before scoring
         t0 = time.perf_counter()
-        trajs = engine_trajectories(cfg, todo, src_e, tok, str(dtype).removeprefix("torch."), show_progress)
+        trajs = engine_trajectories(cfg, todo, src_e, tok, dtype_name(dtype), show_progress)
         ready = {t.problem.index: t for t in trajs}
         generation_s = (time.perf_counter() - t0) / len(trajs)
     expert = load_model(src_e, dtype, device, cfg.allow_pickle, cfg.trust_remote_code)

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..distributed import launched
 from ..errors import LightReasonerError
-from ..models import checkpoint_eos, end_token_ids, resolve_device, resolve_dtype
+from ..models import checkpoint_eos, dtype_name, end_token_ids, resolve_device, resolve_dtype
 from .base import Backend, Generated, OnCompletion, OnResult, Request, generated
 from .decoder import Completion
 
@@ -487,7 +487,7 @@ def open_vllm(req: Request) -> VLLMGenerator:
         src.path,
         req.tokenizer,
         req.max_new_tokens,
-        str(resolve_dtype(req.dtype, device)).removeprefix("torch."),
+        dtype_name(resolve_dtype(req.dtype, device)),
         req.adapter,
         req.trust_remote_code,
         req.tensor_parallel_size,

@@ -54,10 +54,10 @@ def versions() -> dict[str, str]:
 def hardware(cfg: RunConfig) -> dict[str, str]:
     """Where the report was written: the device and the dtype that ``--dtype`` resolves to
     there (``auto`` is bf16 on CPUs with native bf16 and fp32 on others), and the processor."""
-    from ..models import resolve_device, resolve_dtype
+    from ..models import dtype_name, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
-    dtype = str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
+    dtype = dtype_name(resolve_dtype(cfg.dtype, device))
     out = {"device": str(device), "dtype": dtype, "cpu": provenance.cpu_model()}
     if device.type == "cuda":
         import torch
