@@ -13,7 +13,7 @@ from test_pipeline import png_size, tiny_run
 from lightreasoner.config import RunConfig, SampleConfig, build
 from lightreasoner.errors import LightReasonerError
 from lightreasoner.methods import arm_settings, plan_arms, stage_configs
-from lightreasoner.pipeline import run_experiment
+from lightreasoner.pipeline import plan_stages, run_experiment
 from lightreasoner.records import read_records
 from lightreasoner.sampling import sample, select_from_pool
 
@@ -138,6 +138,18 @@ def test_adding_arms_to_a_finished_run_redoes_nothing_else(study, pair, second_a
     with pytest.raises(LightReasonerError, match=r"arm 'sft' made with other settings \(sft.keep_per_problem: 1 -> 2"):
         run_experiment(changed, show_progress=False)
     assert {p: p.stat().st_mtime_ns for p in watched} == before
+    # the folder's default run alone, the study's arms still in it: its report times its own stages only
+    alone = tiny_run(pair, cfg.out, methods=["lightr"])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lightreasoner.pipeline"):
+        fig = run_experiment(alone, show_progress=False)
+    assert not [r.message for r in caplog.records if r.message.endswith("starting")]
+    own = [stage.name for stage, _ in plan_stages(stage_configs(alone))]
+    assert list(fig["stage_seconds"]) == own and "lightr: fine-tuning" in own
+    assert set(fig["stage_provenance"]) == set(own) and set(fig["stage_estimates"]) <= set(own)
+    table = (run / "report.md").read_text().split("| Stage | Time |")[1].split("\n\n")[0]
+    assert "sft" not in table and "cd:" not in table and "amateur2" not in table
+    assert list(fig["arms"]) == ["lightr"] and {p: p.stat().st_mtime_ns for p in watched} == before
 
 
 def sample_config(pair, out, **over) -> SampleConfig:
