@@ -404,6 +404,7 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
         timings[stage.name] = provenance.stage_seconds(provenance.read(run)[stage.name])
         atomic_write_json(timings_path, timings)
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])
-    # the folder may hold other arms' stages too (a study run in it): the report keeps this run's, in plan order
-    planned = {stage.name: timings[stage.name] for stage, _ in plan_stages(configs) if stage.name in timings}
-    return write_report(run, cfg, configs, planned, disjoint)
+    # the folder may hold other arms' stages too (a study run in it): the report keeps this run's
+    # (a pool's stage is planned only while an arm lacks its records: its pools count too)
+    own = {stage.name for stage, _ in plan_stages(configs)} | {f"trajectories ({tag})" for tag in configs["pools"]}
+    return write_report(run, cfg, configs, {k: v for k, v in timings.items() if k in own}, disjoint)
