@@ -30,7 +30,7 @@ from .errors import LightReasonerError
 from .io import OutputLock, atomic_write_json, atomic_write_text, check_same_settings, friendly_os_errors
 from .methods import KINDS, Arm, Stage, arm_settings, kind_of, stage_configs
 from .methods.base import summary_exists
-from .methods.lightr import PER_ARM_SAMPLE_KEYS
+from .methods.lightr import PER_ARM_SAMPLE_KEYS, pool_stage_name
 
 log = logging.getLogger(__name__)
 
@@ -376,13 +376,14 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
 
     if cfg.smoke_test:
         log.info(SMOKE_TEST_NOTE)
-    pending = [(s, c) for s, c in plan_stages(configs) if not s.done()]
+    plan = plan_stages(configs)
+    pending = [(s, c) for s, c in plan if not s.done()]
     if cfg.estimate and os.environ.get("LIGHTREASONER_ESTIMATE", "1") != "0" and any(s.command for s, _ in pending):
         _estimate(cfg, configs, pending, run)
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     where = None
-    for stage, stage_cfg in plan_stages(configs):
+    for stage, stage_cfg in plan:
         if stage.done():
             log.info("[%s] already complete, skipped", stage.name)
             continue
@@ -406,5 +407,5 @@ def _run_locked(cfg: RunConfig, run: Path, show_progress: bool) -> dict:
         log.info("[%s] done in %.1f s", stage.name, timings[stage.name])
     # the folder may hold other arms' stages too (a study run in it): the report keeps this run's
     # (a pool's stage is planned only while an arm lacks its records: its pools count too)
-    own = {stage.name for stage, _ in plan_stages(configs)} | {f"trajectories ({tag})" for tag in configs["pools"]}
+    own = {stage.name for stage, _ in plan} | {pool_stage_name(tag) for tag in configs["pools"]}
     return write_report(run, cfg, configs, {k: v for k, v in timings.items() if k in own}, disjoint)

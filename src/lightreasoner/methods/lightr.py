@@ -32,6 +32,11 @@ PER_ARM_SAMPLE_KEYS = ("contrast", "expert_weights")
 """Sampling options each arm's method sets (Contrast; the pool's second label), not ``sample:``."""
 
 
+def pool_stage_name(tag: str) -> str:
+    """The stage that writes the amateur ``tag``'s pool of trajectories."""
+    return f"trajectories ({tag})"
+
+
 def pool_config(shared: Shared, amateur: str) -> SampleConfig:
     """The pool of one amateur: the expert's trajectories with every step scored (β = -inf)
     and both labels, in ``RUN/trajectories/<amateur>/``."""
@@ -114,7 +119,7 @@ class LightR(ArmKind):
         pool: SampleConfig = configs["pools"][entry["pool"]]
         stages: list[tuple[Stage, object]] = []
         if not arm.samples.exists():
-            stages.append((Stage(f"trajectories ({entry['pool']})", "sample", lambda: Path(pool.out).exists()), pool))
+            stages.append((Stage(pool_stage_name(entry["pool"]), "sample", lambda: Path(pool.out).exists()), pool))
         name = "selection" if arm.legacy else f"{arm.id}: selection"
         stages.append((Stage(name, "", lambda: arm.samples.exists(), False, arm, lambda: select(pool, entry)), entry))
         name = "fine-tuning" if arm.legacy else f"{arm.id}: fine-tuning"
